@@ -1,0 +1,97 @@
+"""Config dataclasses that round-trip through YAML/JSON.
+
+Every extractor and model owns a small dataclass; :func:`to_dict` and :func:`from_dict` move it
+in and out of plain dictionaries so the same config is saved inside every output it produced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from acalign.errors import AcalignError
+
+T = TypeVar("T")
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Return a dataclass instance as a plain, JSON-serialisable dictionary."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type[T], values: dict[str, Any] | None, *, source: str = "config") -> T:
+    """Build ``cls`` from a dictionary, rejecting unknown keys with a clear error.
+
+    Nested dataclass fields are built recursively; missing keys take the field defaults.
+    """
+    values = dict(values or {})
+    known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise AcalignError(
+            f"{source}: unknown key(s) {', '.join(unknown)} for {cls.__name__}; "
+            f"expected some of {', '.join(sorted(known))}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        field_type = known[name].type
+        nested = _dataclass_type(cls, name, field_type)
+        if nested is not None and isinstance(value, dict):
+            value = from_dict(nested, value, source=f"{source}.{name}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _dataclass_type(cls: type, name: str, field_type: Any) -> type | None:
+    """Resolve a field's annotation to a dataclass type, if it is one."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    resolved = hints.get(name, field_type)
+    return resolved if dataclasses.is_dataclass(resolved) else None
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML mapping, raising :class:`AcalignError` naming the file on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise AcalignError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise AcalignError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise AcalignError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any, *, indent: int | None = 2) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    atomic_write_text(path, json.dumps(data, indent=indent) + "\n")
+
+
+def atomic_write_yaml(path: str | os.PathLike, data: Any) -> None:
+    """Write YAML atomically (temporary file, then rename)."""
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))

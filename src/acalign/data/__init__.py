@@ -1,0 +1,1 @@
+"""Data layer: manifests, captions, audio decoding, features, the embedded corpus."""
