@@ -1,0 +1,150 @@
+"""The ``make demo`` pipeline: corpus → features → three trainings → evaluation → report.
+
+Every stage is skipped when its output already exists, so re-running reuses what is built and
+an interrupted demo continues where it stopped. Stage timings go to ``OUT/timings.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from acalign.config import atomic_write_json
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+RUNS = ("default", "paper", "supervised")
+
+
+def _timed(name: str, timings: dict[str, float], func: Callable[[], Any]) -> Any:
+    print(f"\n=== {name} ===", flush=True)
+    start = time.perf_counter()
+    result = func()
+    timings[name] = round(time.perf_counter() - start, 1)
+    print(f"=== {name}: {timings[name]:.1f} s", flush=True)
+    return result
+
+
+def build_corpus_stage(corpus_dir: Path, *, size: str, seed: int, cache: Path | None) -> None:
+    """Build the embedded corpus unless its manifests already exist."""
+    if all((corpus_dir / f"{s}.json").is_file() for s in ("train", "val", "test")):
+        print(f"corpus exists at {corpus_dir}, reusing it")
+        return
+    from acalign.data.corpus.build import build_config, build_corpus
+    from acalign.data.corpus.sources import default_cache_dir
+
+    build_corpus(build_config(size=size, seed=seed), corpus_dir, cache=cache or default_cache_dir())
+
+
+def features_stage(corpus_dir: Path) -> None:
+    """Extract log-mel features for every split (resumable; skips finished splits)."""
+    from acalign.data.features import FeatureConfig, extract_features
+
+    extract_features(corpus_dir, config=FeatureConfig())
+
+
+def train_stage(name: str, corpus_dir: Path, run_dir: Path, *, max_minutes: float | None) -> None:
+    """Train one configuration unless its exported model exists; resume an interrupted run."""
+    if (run_dir / "model" / "acalign.json").is_file():
+        print(f"{name}: trained model exists at {run_dir}/model, reusing it")
+        return
+    from acalign.config import load_yaml
+    from acalign.train import TrainConfig, train
+    from acalign.config import from_dict
+
+    raw = load_yaml(CONFIG_DIR / f"{name}.yaml")
+    if max_minutes is not None:
+        raw["max_minutes"] = max_minutes
+    config = from_dict(TrainConfig, raw, source=str(CONFIG_DIR / f"{name}.yaml"))
+    resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
+    train(config, corpus_dir, run_dir, resume=resume)
+
+
+def evaluate_stage(run_dir: Path, corpus_dir: Path) -> dict[str, Any]:
+    """Evaluate a trained run on the test split (threshold chosen on val)."""
+    from acalign.evaluate import evaluate_run
+
+    return evaluate_run(run_dir, corpus_dir, split="test", val_split="val")
+
+
+def run_demo(
+    out: Path,
+    *,
+    size: str = "default",
+    seed: int = 0,
+    cache: Path | None = None,
+    runs: Sequence[str] = RUNS,
+    max_minutes: float | None = None,
+) -> dict[str, Any]:
+    """Run the whole demo into ``out``; return the per-run metrics."""
+    out.mkdir(parents=True, exist_ok=True)
+    corpus_dir = out / "corpus"
+    timings: dict[str, float] = {}
+    _timed("corpus", timings, lambda: build_corpus_stage(corpus_dir, size=size, seed=seed, cache=cache))
+    _timed("features", timings, lambda: features_stage(corpus_dir))
+    results: dict[str, Any] = {}
+    for name in runs:
+        run_dir = out / name
+        _timed(f"train {name}", timings, lambda n=name, r=run_dir: train_stage(n, corpus_dir, r, max_minutes=max_minutes))
+        results[name] = _timed(f"evaluate {name}", timings, lambda r=run_dir: evaluate_stage(r, corpus_dir))
+    from acalign.evaluate import write_comparison_report
+
+    _timed(
+        "report",
+        timings,
+        lambda: write_comparison_report({n: out / n for n in runs}, out / "report.md"),
+    )
+    timings["total"] = round(sum(timings.values()), 1)
+    atomic_write_json(out / "timings.json", timings)
+    print_summary(results, timings, out)
+    return results
+
+
+def print_summary(results: dict[str, Any], timings: dict[str, float], out: Path) -> None:
+    """Print the headline table and where the report is."""
+    print("\n" + (out / "report.md").read_text() if (out / "report.md").is_file() else "")
+    print("stage timings (s): " + json.dumps(timings))
+    print(f"\nReport: {out / 'report.md'}  plots: {out}/<run>/plots/")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m acalign.demo`` (what ``make demo`` runs)."""
+    parser = argparse.ArgumentParser(prog="acalign demo", description=__doc__)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return run_from_args(args)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the demo's options to ``parser`` (shared by ``acalign demo``)."""
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
+    parser.add_argument("--size", default="default", help="corpus size preset (default: default)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for corpus and training (default: 0)")
+    parser.add_argument("--cache", type=Path, default=None, help="package cache (default: ~/.cache/acalign)")
+    parser.add_argument(
+        "--runs", nargs="+", default=list(RUNS), choices=RUNS, help="configurations to train (default: all)"
+    )
+    parser.add_argument(
+        "--max-minutes", type=float, default=None, help="time budget per training run (default: from the config)"
+    )
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run the demo from parsed arguments; user errors print one line."""
+    import sys
+
+    from acalign.errors import AcalignError
+
+    try:
+        run_demo(args.out, size=args.size, seed=args.seed, cache=args.cache, runs=args.runs, max_minutes=args.max_minutes)
+    except AcalignError as exc:
+        print(f"acalign demo: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,326 @@
+"""The paper's CRNN audio encoder: one embedding per input frame.
+
+Layout (732,354 parameters in the paper config, as the reference):
+
+* 5 blocks, each ``BatchNorm(in channels) → 3×3 conv (no bias) → LeakyReLU(0.1)``; the first
+  block's BatchNorm over the single input channel is the "input BatchNorm";
+* LP pooling (p = 4) after blocks 1, 3 and 5 with (time, freq) sizes (2, 4), (2, 4), (1, 4):
+  time / 4, 64 mel bins → 1;
+* dropout 0.3, one-layer BiGRU (150 per direction → 300), linear interpolation back to the
+  input frame count.
+
+Padding never changes a clip's result (the reference let BatchNorm and the GRU see zero
+padding): BatchNorm statistics in training use valid frames only, padded positions are zeroed
+before every convolution (exactly the zero padding a lone clip's conv sees at its end), the GRU
+runs on packed sequences, and each clip is interpolated with its own length.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from acalign.errors import ModelError
+
+# Keeps LP pooling's p-th root differentiable where a window is all zeros (padding); its
+# effect on real windows is below 1e-5 in the output.
+_LP_EPS = 1e-20
+
+
+@dataclass
+class CRNNConfig:
+    """Shape of the CRNN audio encoder (defaults: the paper's).
+
+    Attributes:
+        n_mels: input feature bins ``F``.
+        channels: output channels of the conv blocks.
+        pools: per block, the (time, freq) LP-pooling size; ``(1, 1)`` = no pooling.
+        lp_pool_p: the norm of LP pooling.
+        dropout: before the GRU.
+        gru_hidden: GRU units per direction; the output size is ``2 * gru_hidden``.
+        leaky_slope: LeakyReLU negative slope.
+    """
+
+    n_mels: int = 64
+    channels: tuple[int, ...] = (32, 128, 128, 128, 128)
+    pools: tuple[tuple[int, int], ...] = ((2, 4), (1, 1), (2, 4), (1, 1), (1, 4))
+    lp_pool_p: float = 4.0
+    dropout: float = 0.3
+    gru_hidden: int = 150
+    leaky_slope: float = 0.1
+    kernel_size: int = 3
+
+    def __post_init__(self) -> None:
+        self.channels = tuple(int(c) for c in self.channels)
+        self.pools = tuple((int(t), int(f)) for t, f in self.pools)
+        if len(self.pools) != len(self.channels):
+            raise ModelError(
+                f"CRNNConfig: pools has {len(self.pools)} entries but channels has {len(self.channels)}"
+            )
+        if self.n_mels < 1 or any(c < 1 for c in self.channels) or self.gru_hidden < 1:
+            raise ModelError("CRNNConfig: n_mels, channels and gru_hidden must be positive")
+        if any(t < 1 or f < 1 for t, f in self.pools):
+            raise ModelError(f"CRNNConfig: pool sizes must be ≥ 1, got {self.pools}")
+        if self.kernel_size % 2 != 1:
+            raise ModelError(f"CRNNConfig: kernel_size must be odd, got {self.kernel_size}")
+        if self.freq_out < 1:
+            raise ModelError(
+                f"CRNNConfig: frequency pooling {[f for _, f in self.pools]} leaves no bin of "
+                f"n_mels={self.n_mels}"
+            )
+
+    @property
+    def out_dim(self) -> int:
+        """Size of each output frame embedding (``2 * gru_hidden``; 300 in the paper)."""
+        return 2 * self.gru_hidden
+
+    @property
+    def time_reduction(self) -> int:
+        """Product of the time pooling sizes (4 in the paper)."""
+        return math.prod(t for t, _ in self.pools)
+
+    @property
+    def freq_out(self) -> int:
+        """Frequency bins left after pooling (1 in the paper)."""
+        bins = self.n_mels
+        for _, f in self.pools:
+            bins //= f
+        return bins
+
+
+class MaskedBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm over ``(B, C, T, F)`` that ignores padded frames and outputs zeros there.
+
+    Training statistics come from valid frames only. Same parameters and buffers as
+    ``nn.BatchNorm2d`` (checkpoints stay standard); with no padding it *is* ``nn.BatchNorm2d``.
+    """
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        """Normalise ``x (B, C, T, F)``; ``valid (B, T)`` bool marks real frames (None = all).
+
+        Returns ``(B, C, T, F)`` in ``x``'s dtype, exactly 0 at padded frames.
+        """
+        if valid is None:
+            return super().forward(x)
+        frames = valid[:, None, :, None].to(torch.float32)  # (B, 1, T, 1)
+        source = x.float()
+        if self.training:
+            source = source * frames
+            mean, var = self._masked_moments(source, frames)
+        else:
+            mean, var = self.running_mean, self.running_var
+        scale = torch.rsqrt(var + self.eps)
+        if self.affine:
+            scale = scale * self.weight
+        shift = -mean * scale
+        if self.affine:
+            shift = shift + self.bias
+        per_channel = (1, -1, 1, 1)
+        # Folding the frame mask into the (B, C, T, 1) scale and shift zeroes padded frames in
+        # the same pass as the normalisation.
+        out = torch.addcmul(
+            shift.view(per_channel) * frames, source, scale.view(per_channel) * frames
+        )
+        return out.to(x.dtype)
+
+    def _masked_moments(
+        self, masked: torch.Tensor, frames: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean and (biased) variance over valid frames; updates the running stats."""
+        n = frames.sum() * masked.shape[-1]
+        mean = masked.sum(dim=(0, 2, 3)) / n
+        # E[x²] - E[x]² in one pass over the big tensor; float32 is ample for log-mel ranges.
+        var = ((masked * masked).sum(dim=(0, 2, 3)) / n - mean * mean).clamp_min(0.0)
+        with torch.no_grad():
+            self.num_batches_tracked.add_(1)
+            momentum = (
+                self.momentum
+                if self.momentum is not None
+                else 1.0 / float(self.num_batches_tracked)
+            )
+            unbiased = var * (n / (n - 1).clamp_min(1.0))
+            self.running_mean.lerp_(mean.detach(), momentum)
+            self.running_var.lerp_(unbiased.detach(), momentum)
+        return mean, var
+
+
+class ConvBlock(nn.Module):
+    """``BatchNorm → conv (no bias) → LeakyReLU``; padded frames enter the conv as zeros."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, *, kernel_size: int, slope: float
+    ) -> None:
+        """A block mapping ``(B, in, T, F)`` to ``(B, out, T, F)``."""
+        super().__init__()
+        self.norm = MaskedBatchNorm2d(in_channels)
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False
+        )
+        self.act = nn.LeakyReLU(slope)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        """``x (B, C, T, F)``, ``valid (B, T)`` bool (None: no padding) → ``(B, out, T, F)``.
+
+        Zeros at padded frames are exactly the zero padding a lone clip's conv sees at its end.
+        """
+        return self.act(self.conv(self.norm(x, valid)))
+
+
+def lp_pool(x: torch.Tensor, *, p: float, size: tuple[int, int]) -> torch.Tensor:
+    """LP pooling ``(sum over window of x^p)^(1/p)`` of ``x (B, C, T, F)``, window = stride = size.
+
+    Our own rather than ``nn.LPPool2d``: torch's p-th root has an infinite gradient on all-zero
+    windows (padding), which turns into NaN; a tiny floor keeps it finite.
+    """
+    if size == (1, 1):
+        return x
+    pooled = F.avg_pool2d(x.pow(p), size) * (size[0] * size[1])
+    return pooled.clamp_min(_LP_EPS).pow(1.0 / p)
+
+
+def pooled_lengths(lengths: torch.Tensor, factor: int) -> torch.Tensor:
+    """Valid frames after pooling time by ``factor`` (floor, at least 1)."""
+    return torch.div(lengths, factor, rounding_mode="floor").clamp_min(1)
+
+
+def valid_mask(lengths: torch.Tensor, total: int) -> torch.Tensor:
+    """``(B, total)`` bool mask, True where ``t < lengths[b]``."""
+    return torch.arange(total, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def interpolate_per_clip(
+    x: torch.Tensor, src_lengths: torch.Tensor, dst_lengths: torch.Tensor, total: int
+) -> torch.Tensor:
+    """Linearly resample each clip's ``src_lengths[b]`` frames of ``x (B, S, D)`` to
+    ``dst_lengths[b]`` frames → ``(B, total, D)``, zeros past each clip's length.
+
+    Matches ``F.interpolate(mode="linear", align_corners=False)`` for one clip; torch has no
+    per-sample output size, and interpolating the padded batch would use the wrong scale.
+    """
+    t = torch.arange(total, device=x.device, dtype=torch.float32)[None, :]
+    scale = src_lengths.to(torch.float32)[:, None] / dst_lengths.to(torch.float32)[:, None]
+    src = ((t + 0.5) * scale - 0.5).clamp_min(0.0)
+    last = (src_lengths - 1)[:, None].to(torch.float32)
+    src = torch.minimum(src, last)
+    lo = src.floor()
+    frac = (src - lo).unsqueeze(-1).to(x.dtype)
+    lo = lo.long()
+    hi = torch.minimum(lo + 1, last.long())
+    index_lo = lo.unsqueeze(-1).expand(-1, -1, x.shape[-1])
+    index_hi = hi.unsqueeze(-1).expand(-1, -1, x.shape[-1])
+    out = torch.gather(x, 1, index_lo) * (1 - frac) + torch.gather(x, 1, index_hi) * frac
+    return out * valid_mask(dst_lengths, total).unsqueeze(-1).to(out.dtype)
+
+
+class CRNN(nn.Module):
+    """The CRNN audio encoder: log-mel frames → one ``out_dim``-d vector per frame."""
+
+    def __init__(self, config: CRNNConfig | None = None) -> None:
+        """Build the encoder described by ``config`` (the paper's by default)."""
+        super().__init__()
+        self.config = config or CRNNConfig()
+        cfg = self.config
+        in_channels = [1, *cfg.channels[:-1]]
+        self.blocks = nn.ModuleList(
+            ConvBlock(cin, cout, kernel_size=cfg.kernel_size, slope=cfg.leaky_slope)
+            for cin, cout in zip(in_channels, cfg.channels, strict=True)
+        )
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.gru = nn.GRU(
+            cfg.channels[-1] * cfg.freq_out, cfg.gru_hidden, batch_first=True, bidirectional=True
+        )
+
+    @property
+    def out_dim(self) -> int:
+        """Output size per frame (``2 * gru_hidden``)."""
+        return self.config.out_dim
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Encode a padded batch.
+
+        Args:
+            feats: ``(B, T, F)`` log-mel features, ``F = n_mels``; values past a clip's length
+                are ignored whatever they are.
+            lengths: ``(B,)`` valid frames per clip (None = all ``T``).
+
+        Returns:
+            ``(B, T, out_dim)`` frame embeddings (not normalised), zeros past each length.
+            Float32, also under autocast.
+        """
+        batch, total, bins = self._check(feats, lengths)
+        lengths = (
+            torch.full((batch,), total, device=feats.device)
+            if lengths is None
+            else lengths.to(feats.device)
+        )
+        lengths = lengths.long()
+        x = feats.unsqueeze(1)
+        if total < self.config.time_reduction:  # too short to pool: pad (masked) up to one step
+            x = F.pad(x, (0, 0, 0, self.config.time_reduction - total))
+        if self.blocks[0].conv.weight.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)
+        # Without padding (e.g. a batch of equal 10 s clips) masks, packing and per-clip
+        # interpolation are skipped: the plain path computes exactly the same, faster.
+        padded = bool((lengths < x.shape[2]).any())
+        cur = lengths
+        for block, (pool_t, pool_f) in zip(self.blocks, self.config.pools, strict=True):
+            x = block(x, valid_mask(cur, x.shape[2]) if padded else None)
+            if (pool_t, pool_f) != (1, 1):
+                x = lp_pool(x, p=self.config.lp_pool_p, size=(pool_t, pool_f))
+                cur = pooled_lengths(cur, pool_t)
+        x = x.permute(0, 2, 1, 3).flatten(2)  # (B, T', C * F')
+        x = self.dropout(x)
+        x = self._run_gru(x.float(), cur if padded else None)
+        if not padded:
+            return F.interpolate(x.transpose(1, 2), size=total, mode="linear").transpose(1, 2)
+        return interpolate_per_clip(x, cur, lengths, total)
+
+    def _check(self, feats: torch.Tensor, lengths: torch.Tensor | None) -> tuple[int, int, int]:
+        if feats.dim() != 3:
+            raise ModelError(f"CRNN expects features of shape (B, T, F), got {tuple(feats.shape)}")
+        batch, total, bins = feats.shape
+        if bins != self.config.n_mels:
+            raise ModelError(
+                f"CRNN expects {self.config.n_mels} mel bins, got features with {bins}"
+            )
+        if lengths is not None:
+            if lengths.shape != (batch,):
+                raise ModelError(
+                    f"CRNN lengths must have shape ({batch},), got {tuple(lengths.shape)}"
+                )
+            if bool((lengths < 1).any()) or bool((lengths > total).any()):
+                raise ModelError(f"CRNN lengths must be in 1..{total}, got {lengths.tolist()}")
+        return batch, total, bins
+
+    def _run_gru(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        """BiGRU over the valid frames only → ``(B, T', 2 * hidden)`` float32, zeros past lengths.
+
+        Runs in float32 also under autocast (it is ~3 % of the FLOPs). ``lengths=None``: no padding.
+        """
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            if lengths is None:
+                return self.gru(x)[0]
+            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            out, _ = self.gru(packed)
+            out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        return out
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters of ``module``."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+__all__ = [
+    "CRNN",
+    "CRNNConfig",
+    "MaskedBatchNorm2d",
+    "count_parameters",
+    "interpolate_per_clip",
+    "lp_pool",
+]
