@@ -31,7 +31,7 @@ test: $(STAMP) browser
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)
-	$(PY) -m acalign.demo --out $(DEMO_DIR)
+	$(VENV)/bin/acalign demo --out $(DEMO_DIR)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

@@ -21,8 +21,16 @@ T = TypeVar("T")
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """Return a dataclass instance as a plain, JSON-serialisable dictionary."""
-    return dataclasses.asdict(config)
+    """Return a dataclass instance as a plain dictionary (tuples as lists), ready for JSON/YAML."""
+    return _plain(dataclasses.asdict(config))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
 
 
 def from_dict(cls: type[T], values: dict[str, Any] | None, *, source: str = "config") -> T:

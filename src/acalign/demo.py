@@ -15,7 +15,6 @@ from typing import Any
 
 from acalign.config import atomic_write_json
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 RUNS = ("default", "paper", "supervised")
 
 
@@ -46,19 +45,16 @@ def features_stage(corpus_dir: Path) -> None:
     extract_features(corpus_dir, config=FeatureConfig())
 
 
-def train_stage(name: str, corpus_dir: Path, run_dir: Path, *, max_minutes: float | None) -> None:
+def train_stage(
+    name: str, corpus_dir: Path, run_dir: Path, *, seed: int, max_minutes: float | None
+) -> None:
     """Train one configuration unless its exported model exists; resume an interrupted run."""
     if (run_dir / "model" / "acalign.json").is_file():
         print(f"{name}: trained model exists at {run_dir}/model, reusing it")
         return
-    from acalign.config import load_yaml
-    from acalign.train import TrainConfig, train
-    from acalign.config import from_dict
+    from acalign.train import resolve_config, train
 
-    raw = load_yaml(CONFIG_DIR / f"{name}.yaml")
-    if max_minutes is not None:
-        raw["max_minutes"] = max_minutes
-    config = from_dict(TrainConfig, raw, source=str(CONFIG_DIR / f"{name}.yaml"))
+    config = resolve_config(name, seed=seed, max_minutes=max_minutes)
     resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
     train(config, corpus_dir, run_dir, resume=resume)
 
@@ -88,7 +84,7 @@ def run_demo(
     results: dict[str, Any] = {}
     for name in runs:
         run_dir = out / name
-        _timed(f"train {name}", timings, lambda n=name, r=run_dir: train_stage(n, corpus_dir, r, max_minutes=max_minutes))
+        _timed(f"train {name}", timings, lambda n=name, r=run_dir: train_stage(n, corpus_dir, r, seed=seed, max_minutes=max_minutes))
         results[name] = _timed(f"evaluate {name}", timings, lambda r=run_dir: evaluate_stage(r, corpus_dir))
     from acalign.evaluate import write_comparison_report
 
@@ -110,14 +106,6 @@ def print_summary(results: dict[str, Any], timings: dict[str, float], out: Path)
     print(f"\nReport: {out / 'report.md'}  plots: {out}/<run>/plots/")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m acalign.demo`` (what ``make demo`` runs)."""
-    parser = argparse.ArgumentParser(prog="acalign demo", description=__doc__)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    return run_from_args(args)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the demo's options to ``parser`` (shared by ``acalign demo``)."""
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
@@ -130,21 +118,3 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-minutes", type=float, default=None, help="time budget per training run (default: from the config)"
     )
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    """Run the demo from parsed arguments; user errors print one line."""
-    import sys
-
-    from acalign.errors import AcalignError
-
-    try:
-        run_demo(args.out, size=args.size, seed=args.seed, cache=args.cache, runs=args.runs, max_minutes=args.max_minutes)
-    except AcalignError as exc:
-        print(f"acalign demo: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
