@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from acalign.data.features import hz_to_mel, mel_to_hz
 from acalign.errors import DataError
 from acalign.serve import media
 from test_serve_fakes import scene_clip
@@ -17,7 +18,7 @@ def test_spectrogram_shows_the_band_and_the_event_in_time(tmp_path: Path) -> Non
     path = scene_clip(tmp_path / "dog.wav", [("dog", 1.0, 2.0)], seconds=3.0)  # 430-950 Hz noise
     db, fmax = media.log_mel_display(path)
     assert db.shape == (64, 1 + 3 * 32000 // 640) and fmax == 8000.0
-    centres = media._mel_to_hz(np.linspace(media._hz_to_mel(12.0), media._hz_to_mel(8000.0), 66))[1:-1]
+    centres = mel_to_hz(np.linspace(hz_to_mel(12.0), hz_to_mel(8000.0), 66))[1:-1]
     loudest = centres[int(np.argmax(db[:, 75]))]  # the column at 1.5 s
     assert 430 <= loudest <= 950
     band = int(np.argmax(db[:, 75]))

@@ -80,7 +80,7 @@ def plot_gallery(
     """
     out_dir = Path(out_dir)
     return [
-        _save(_gallery_figure(clip, frame_rate=frame_rate, threshold=threshold), out_dir / f"gallery_{i:02d}.png")
+        save_figure(_gallery_figure(clip, frame_rate=frame_rate, threshold=threshold), out_dir / f"gallery_{i:02d}.png")
         for i, clip in enumerate(clips)
     ]
 
@@ -178,7 +178,7 @@ def plot_similarity_matrix(
     ax.set_xlabel("time (s)")
     ax.set_title(title, fontsize=9, loc="left")
     fig.colorbar(image, ax=ax, label="similarity", pad=0.01)
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def plot_prf_threshold(curves: dict[str, dict[str, np.ndarray]], *, path: str | os.PathLike) -> Path:
@@ -206,7 +206,7 @@ def plot_prf_threshold(curves: dict[str, dict[str, np.ndarray]], *, path: str | 
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncols=2)
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def find_training_logs(run_dir: str | os.PathLike) -> list[Path]:
@@ -256,7 +256,7 @@ def plot_training_curves(run_dir: str | os.PathLike, *, path: str | os.PathLike)
     _plot_series(axes[0], losses, ylabel="loss")
     if others:
         _plot_series(axes[1], others, ylabel="validation metric")
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def _plot_series(ax: object, series: dict[str, dict[int, float]], *, ylabel: str) -> None:
@@ -279,7 +279,7 @@ def _number(cell: str | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     """Save ``fig`` as PNG through a temporary file and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")

@@ -30,12 +30,10 @@ from __future__ import annotations
 
 import copy
 import csv
-import ctypes
 import io
 import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -62,6 +60,7 @@ from acalign.data.manifest import Manifest, read_manifest
 from acalign.errors import AcalignError
 from acalign.models.aligner import Aligner, AlignerConfig
 from acalign.models.losses import LogitScale, frame_bce_loss, info_nce_loss, triplet_ranking_loss
+from acalign.runtime import tune_malloc
 
 log = logging.getLogger(__name__)
 
@@ -566,25 +565,6 @@ class EpochThroughput(Callback):
 # --------------------------------------------------------------------------- entry point
 
 
-def tune_malloc() -> None:
-    """Raise glibc's mmap and trim thresholds in this process (Linux only; else a no-op).
-
-    A training step allocates and frees the same multi-megabyte activations every batch; with
-    glibc's defaults many go through mmap/munmap and the kernel re-zeroes pages each time
-    (BASELINES.md: ~25 % of the reference's CPU time). ``mallopt`` at run time does what the
-    ``MALLOC_*_THRESHOLD_`` environment variables do at start-up.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)  # glibc's ceiling on 64-bit
-    libc.mallopt(m_trim_threshold, 1024 * 1024 * 1024)
-
-
 def build_model(config: TrainConfig, datamodule: AlignDataModule) -> Aligner:
     """Build the aligner; word2vec/learned text encoders use the training vocabulary."""
     from acalign.data.captions import Vocabulary
@@ -702,7 +682,7 @@ def train(
     run_dir = Path(out_dir)
     ckpt_path = _check_run_dir(config, run_dir, resume=resume)
     if config.tune_malloc:
-        tune_malloc()
+        tune_malloc(trim_threshold_mb=1024)
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     pl.seed_everything(config.seed, workers=True, verbose=False)

@@ -20,14 +20,12 @@ leaves a truncated clip where the reader or a resumed run would take it for fini
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import json
 import logging
 import math
 import multiprocessing
 import os
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +37,7 @@ import torch
 
 from acalign.config import from_dict, to_dict
 from acalign.errors import AcalignError, DataError
+from acalign.runtime import tune_malloc
 
 if TYPE_CHECKING:
     import h5py
@@ -193,8 +192,6 @@ def mel_to_hz(mel: np.ndarray | float) -> np.ndarray:
 
 
 # Older spellings, imported elsewhere in the package.
-_hz_to_mel = hz_to_mel
-_mel_to_hz = mel_to_hz
 
 
 def mel_filterbank(
@@ -505,30 +502,10 @@ def _first_line(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- extraction workers
 
 
-def _tune_worker_malloc() -> None:
-    """Raise glibc's mmap/trim thresholds in this worker process.
-
-    Each clip allocates and frees multi-megabyte buffers (decoded audio, STFT); with glibc's
-    defaults they go to mmap/munmap every time and the kernel zeroes fresh pages, which cost
-    the reference ~25 % of its CPU time (BASELINES.md). ``mallopt`` does at run time what the
-    ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` variables do at start-up, and only
-    in our worker processes, never in the caller's.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)  # glibc's maximum on 64-bit
-    libc.mallopt(m_trim_threshold, 256 * 1024 * 1024)
-
-
 def _init_worker() -> None:
     """Pool initializer: one torch thread per worker (the pool gives the parallelism)."""
     torch.set_num_threads(1)
-    _tune_worker_malloc()
+    tune_malloc()
 
 
 def _extract_one(

@@ -15,28 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from acalign.data.features import mel_filterbank
 from acalign.errors import DataError
 
 MAX_COLUMNS = 4000
 MAX_CURVE_POINTS = 3000
-
-
-def _hz_to_mel(hz: np.ndarray | float) -> np.ndarray:
-    return 2595.0 * np.log10(1.0 + np.asarray(hz, dtype=np.float64) / 700.0)
-
-
-def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
-    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
-
-
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
-    """Triangular mel filters, shape ``(n_mels, n_fft // 2 + 1)``."""
-    freqs = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
-    edges = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
-    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    rising = (freqs[None, :] - lower) / np.maximum(centre - lower, 1e-9)
-    falling = (upper - freqs[None, :]) / np.maximum(upper - centre, 1e-9)
-    return np.clip(np.minimum(rising, falling), 0.0, None)
 
 
 def log_mel_display(
@@ -64,7 +47,9 @@ def log_mel_display(
             n_fft = 1 << (win - 1).bit_length()
             hop = max(int(round(0.02 * sample_rate)), int(np.ceil(n / (MAX_COLUMNS - 1))))
             n_cols = 1 + n // hop
-            filters = mel_filterbank(sample_rate, n_fft, n_mels, fmin, top).T.astype(np.float32)
+            filters = mel_filterbank(
+                sample_rate=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=top
+            ).T.astype(np.float32)
             window = np.zeros(n_fft, dtype=np.float32)
             window[(n_fft - win) // 2 : (n_fft - win) // 2 + win] = np.hanning(win)
             mel = np.empty((n_cols, n_mels), dtype=np.float32)

@@ -1,0 +1,30 @@
+"""Process-level tuning shared by the heavy commands (feature workers, training, grounding)."""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def tune_malloc(*, trim_threshold_mb: int = 256) -> None:
+    """Raise glibc's mmap and trim thresholds in this process (Linux only; else a no-op).
+
+    Our hot loops allocate and free the same multi-megabyte buffers (decoded audio, STFTs,
+    activations) over and over; with glibc's defaults they go through mmap/munmap every time
+    and the kernel zeroes fresh pages, which cost the reference implementation about a quarter
+    of its CPU time (BASELINES.md). ``mallopt`` does at run time what the
+    ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` variables do at start-up. Memory stays
+    bounded: freed buffers are reused rather than returned. Call it from worker processes and
+    CLI commands, not from library code that runs inside a user's process.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, 32 * 1024 * 1024)  # glibc's ceiling on 64-bit
+    libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold_mb * 1024 * 1024)
