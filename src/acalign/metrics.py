@@ -504,7 +504,12 @@ def choose_event_threshold(
                 "median_filter_frames": int(filter_frames),
                 "f1": float(f1[EVENT_LABEL]),
             }
-    if not np.isfinite(best["threshold"]):
+    # sed_scores_eval answers -inf when detecting every frame is best and +inf when nothing
+    # achieves a true positive; activations are clamped cosines in [0, 1], so 0 and the largest
+    # activation express those two cases as usable thresholds.
+    if best["threshold"] == -np.inf:
+        best["threshold"] = 0.0
+    elif not np.isfinite(best["threshold"]):
         best["threshold"] = float(max(np.max(p.activation) for p in annotated))
     return best
 
