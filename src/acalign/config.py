@@ -81,6 +81,19 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+def read_json(
+    path: str | os.PathLike, *, what: str = "file", error: type[AcalignError] = AcalignError
+) -> Any:
+    """Parse a JSON file; a missing or malformed file raises ``error`` naming the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: {what} not found")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{path}: not valid JSON ({exc})") from None
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
     path = Path(path)

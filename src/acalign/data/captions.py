@@ -13,16 +13,14 @@ into it); out-of-vocabulary words fall back to a stem of a known word, then ``<u
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-from acalign.config import atomic_write_json
+from acalign.config import atomic_write_json, read_json
 from acalign.data.manifest import Caption, Manifest, Phrase
 from acalign.errors import DataError
 
@@ -376,11 +374,5 @@ class Vocabulary:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Vocabulary:
         """Read a vocabulary written by :meth:`save`."""
-        path = Path(path)
-        if not path.is_file():
-            raise DataError(f"{path}: vocabulary file not found")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path}: not valid JSON ({exc})") from None
+        data = read_json(path, what="vocabulary file", error=DataError)
         return cls.from_dict(data, source=str(path))

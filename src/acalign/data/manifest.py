@@ -13,14 +13,13 @@ Two on-disk layouts are read into one in-memory model (see SPEC §1):
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from acalign.config import atomic_write_json
+from acalign.config import atomic_write_json, read_json
 from acalign.errors import DataError
 
 NOT_ANNOTATED: tuple[tuple[float, float], ...] = ((0.0, 0.0),)
@@ -174,12 +173,7 @@ def read_manifest(path: str | os.PathLike, *, validate: bool = True) -> Manifest
         DataError: the file is missing, not JSON, or not in either layout.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: manifest file not found")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    data = read_json(path, what="manifest file", error=DataError)
     if isinstance(data, dict) and "soundtag" in data:
         manifest = _parse_v1(data, str(path))
     elif isinstance(data, list):
