@@ -104,7 +104,7 @@ def bench_real(args: argparse.Namespace, tmp: Path) -> list[str]:
     print(line, flush=True)
     return [
         f"Model {args.model}; recall@10 of two-stage search against exhaustive frame-level scoring "
-        f"(default candidates: max(50, 5k) chunks per probe; narrow: 10 per probe).",
+        f"(default candidates: max(100, 10k) chunks per probe; narrow: 10 per probe).",
         "",
         "| split | recall@10 | recall@10, narrow | two-stage p50 / p95 ms | exhaustive p50 / p95 ms |",
         "| --- | --- | --- | --- | --- |",

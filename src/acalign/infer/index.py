@@ -16,7 +16,7 @@ chunk — the mean of its stored frames, whose inner product with the mean of a 
 vectors equals the paper's ``mean`` clip–caption score before the ``max(0, ·)`` clamp — and a
 file scores as its best chunk. A 10 s clip is one chunk; an hour-long recording is 360.
 
-Search runs in two stages: FAISS returns candidate chunks (the ``max(50, 5 k)`` best for the
+Search runs in two stages: FAISS returns candidate chunks (the ``max(100, 10 k)`` best for the
 caption's mean word vector and for each of its words), then the exact frame-level score (the
 model's clip–caption reduction over the stored frame embeddings) re-ranks them and gives the
 best-matching time span.
@@ -624,7 +624,7 @@ class AudioIndex:
         FAISS is probed with the mean of the caption's word vectors and with each word vector
         (the clamp makes a caption's score more than its mean's: a chunk that matches one word
         well can rank high); each probe's ``n_candidates`` best chunks (default
-        ``max(50, 5 k)``), merged rank by rank up to ``4 n_candidates`` chunks, are re-ranked by
+        ``max(100, 10 k)``), merged rank by rank up to ``4 n_candidates`` chunks, are re-ranked by
         the model's exact clip–caption reduction over the stored frames. A file's score is that
         of its best chunk; its span is where that chunk's frame activation is above half its
         peak (over the chunk's median), around the peak.
@@ -689,7 +689,7 @@ class AudioIndex:
         long caption does not multiply the re-rank's cost."""
         if k < 1:
             raise AcalignError(f"k must be at least 1, got {k}")
-        wanted = min(self.n_chunks, n_candidates or max(50, 5 * k))
+        wanted = min(self.n_chunks, n_candidates or max(100, 10 * k))
         if wanted == 0:
             return np.zeros(0, dtype=np.int64)
         with _single_threaded_faiss():
