@@ -29,3 +29,12 @@ def audiogrounding_v1() -> Path:
     if not (AUDIOGROUNDING_V1 / "train.json").is_file():
         pytest.skip(f"AudioGrounding v1 metadata not found at {AUDIOGROUNDING_V1} (../shared absent)")
     return AUDIOGROUNDING_V1
+
+
+@pytest.fixture(scope="session")
+def detector(tmp_path_factory: pytest.TempPathFactory):
+    """The hand-set band-detector model (exported and loaded like a trained one)."""
+    from acalign.infer.model import load_model
+    from acalign.infer.synthetic import save_band_detector
+
+    return load_model(save_band_detector(tmp_path_factory.mktemp("models") / "detector"))

@@ -24,12 +24,6 @@ RATE = 32000
 
 
 @pytest.fixture(scope="module")
-def detector(tmp_path_factory: pytest.TempPathFactory):
-    """The hand-set band-detector model (exported and loaded like a trained one)."""
-    return load_model(save_band_detector(tmp_path_factory.mktemp("models") / "detector"))
-
-
-@pytest.fixture(scope="module")
 def random_paper_model(tmp_path_factory: pytest.TempPathFactory):
     """An untrained paper-size CRNN: real receptive field and BiGRU context, random weights."""
     return load_model(save_random_model(tmp_path_factory.mktemp("models") / "random", dim=32))

@@ -26,16 +26,11 @@ from acalign.infer.index import (
     recall_at_k,
 )
 from acalign.infer.model import load_model
-from acalign.infer.synthetic import WORDS, save_band_detector, save_random_model, scene
+from acalign.infer.synthetic import WORDS, save_random_model, scene
 from acalign.models.aligner import REDUCTIONS, reduce_similarity
 from acalign.models.crnn import CRNNConfig
 
 RATE = 32000
-
-
-@pytest.fixture(scope="module")
-def detector(tmp_path_factory: pytest.TempPathFactory):
-    return load_model(save_band_detector(tmp_path_factory.mktemp("models") / "detector"))
 
 
 def _write(path: Path, duration: float, events, rng, *, rate: int = RATE) -> Path:
