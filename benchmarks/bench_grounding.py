@@ -77,7 +77,8 @@ def run_worker(spec: dict) -> dict:
 
     torch.set_num_threads(spec["threads"])
     model = load_model(
-        spec["model"], bf16=spec["bf16"], channels_last=spec["channels_last"], batch_size=spec["batch"]
+        spec["model"], bf16=spec["bf16"], channels_last=spec["channels_last"], batch_size=spec["batch"],
+        device=spec.get("device", "cpu"),
     )
     warm = Path(spec["warmup"])
     model.ground(warm, PHRASES)
@@ -89,8 +90,9 @@ def run_worker(spec: dict) -> dict:
     cpu = _cpu_seconds() - cpu_before
     rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     frames = results[0].activation.shape[0]
+    gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_initialized() else None
     return {
-        "seconds": seconds, "cpu_seconds": cpu, "frames": frames,
+        "seconds": seconds, "cpu_seconds": cpu, "frames": frames, "gpu_peak_mb": gpu,
         "rss_ready_mb": rss_ready, "rss_peak_mb": rss_peak, "load": os.getloadavg()[0],
     }
 

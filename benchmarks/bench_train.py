@@ -170,6 +170,8 @@ def worker_reference(spec: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     random.seed(0)
+    device = torch.device(spec.get("device", "cpu"))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     data = Path(spec["data"])
     manifest = read_manifest(data / "train.json")
     vocab = {w: i + 1 for i, w in enumerate(sorted({t for _, c in manifest.captions() for t in c.tokens}))}
@@ -202,7 +204,7 @@ def worker_reference(spec: dict[str, Any]) -> dict[str, Any]:
         ids = np.zeros((len(tokens), width), np.int64)
         for row, words in enumerate(tokens):
             ids[row, : len(words)] = [vocab[w] for w in words]
-        return torch.from_numpy(table[ids]), torch.from_numpy(ids > 0)
+        return torch.from_numpy(table[ids]).to(device), torch.from_numpy(ids > 0).to(device)
 
     def pair_scores(a: torch.Tensor, q: torch.Tensor, q_mask: torch.Tensor) -> torch.Tensor:
         sim = torch.einsum("btd,bwd->btw", a, q).clamp_min(0) * q_mask[:, None, :]
@@ -214,7 +216,7 @@ def worker_reference(spec: dict[str, Any]) -> dict[str, Any]:
             if clips[j] != clips[i]:
                 return j
 
-    model = CRNN(CRNNConfig())
+    model = CRNN(CRNNConfig()).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = DataLoader(PerItemH5(), batch_size=BATCH, shuffle=True, collate_fn=collate, num_workers=0)
     times: dict[str, list[float]] = {"data": [], "forward": [], "backward": []}
@@ -227,6 +229,8 @@ def worker_reference(spec: dict[str, Any]) -> dict[str, Any]:
             feats, tokens, clips = next(iterator)
         except StopIteration:
             break
+        feats = feats.to(device)
+        sync()
         t1 = time.perf_counter()
         q, q_mask = lookup(tokens)
         q = F.normalize(q, dim=-1)
@@ -238,10 +242,12 @@ def worker_reference(spec: dict[str, Any]) -> dict[str, Any]:
             (1.0 - positive + pair_scores(a, q[caption_imp], q_mask[caption_imp])).clamp_min(0)
             + (1.0 - positive + pair_scores(a[audio_imp], q, q_mask)).clamp_min(0)
         ).mean()
+        sync()
         t2 = time.perf_counter()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        sync()
         t3 = time.perf_counter()
         times["data"].append(t1 - t0)
         times["forward"].append(t2 - t1)
@@ -250,7 +256,16 @@ def worker_reference(spec: dict[str, Any]) -> dict[str, Any]:
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return {"clips_per_s": clips_done / seconds, "seconds": seconds, "clips": clips_done,
             "clips_per_cpu_s": clips_done / cpu,
-            "batch_times": times, "rss_mb": peak_rss_mb()}
+            "batch_times": times, "rss_mb": peak_rss_mb(), "gpu_mb": _peak_gpu_mb()}
+
+
+def _peak_gpu_mb() -> float | None:
+    """Peak memory PyTorch allocated on the GPU in this process (None on CPU)."""
+    import torch
+
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return torch.cuda.max_memory_allocated() / 2**20
 
 
 # --------------------------------------------------------------------------- (b) acalign training
@@ -288,7 +303,7 @@ def worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
     run_dir = Path(spec["run_dir"])
     start = time.perf_counter()
     train(config, spec["data"], run_dir, trainer_overrides={
-        "enable_progress_bar": False, "enable_model_summary": False,
+        "enable_progress_bar": False, "enable_model_summary": False, **spec.get("trainer", {}),
     })
     seconds = time.perf_counter() - start
     with open(run_dir / "logs" / "csv" / "metrics.csv", newline="") as handle:
@@ -304,7 +319,7 @@ def worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
                 f"text {config.model.text.get('kind')}, {config.num_workers} loader workers")
     return {"clips_per_s": rates[0] if rates else float("nan"), "epoch_rates": rates, "settings": settings,
             "clips_per_cpu_s": cpu[0][2] / (cpu[0][1] - cpu[0][0]) if cpu else float("nan"),
-            "seconds_total": seconds, "val": val, "rss_mb": peak_rss_mb()}
+            "seconds_total": seconds, "val": val, "rss_mb": peak_rss_mb(), "gpu_mb": _peak_gpu_mb()}
 
 
 # --------------------------------------------------------------------------- (c) bare step
