@@ -311,3 +311,25 @@ def test_tiny_aligner_overfits_four_pairs():
     assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
     assert scores.argmax(1).tolist() == [0, 1, 2, 3]
     assert scores.argmax(0).tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 9, 12), (2, 2, 8, 5), (1, 4, 6, 8)])
+def test_lp_pool_backward_matches_autograd_of_the_plain_formula(shape: tuple[int, ...]) -> None:
+    import torch.nn.functional as F
+
+    from acalign.models.crnn import lp_pool
+
+    def plain(x: torch.Tensor) -> torch.Tensor:
+        return (F.avg_pool2d(x.pow(4), (2, 4)) * 8).clamp_min(1e-20).pow(0.25)
+
+    x = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x[0, :, :4] = 0.0  # all-zero windows (padding) must give finite, zero gradients
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    weights = torch.randn(plain(x).shape, dtype=torch.float64)
+    (lp_pool(ours, p=4.0, size=(2, 4)) * weights).sum().backward()
+    (plain(theirs) * weights).sum().backward()
+    torch.testing.assert_close(lp_pool(x, p=4.0, size=(2, 4)), plain(x))
+    torch.testing.assert_close(ours.grad, theirs.grad, atol=1e-12, rtol=0)
+    assert torch.autograd.gradcheck(
+        lambda t: lp_pool(t, p=4.0, size=(2, 4)), (torch.randn(*shape, dtype=torch.float64, requires_grad=True),)
+    )
