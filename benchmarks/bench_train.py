@@ -3,7 +3,8 @@
 On N generated 10 s clips (random 501 × 64 log-mel in an HDF5 feature store of the documented
 layout, random 6–12-word captions, v2 manifests for train and a small val split), in one run:
 
-(a) reference loop — what the paper's scripts do: eager fp32, the paper's CRNN, frozen 300-d word
+(a) reference loop — what the paper's scripts do: eager fp32, the paper's CRNN from stock torch
+    modules (:func:`reference_crnn`), frozen 300-d word
     vectors looked up every step (a fixed random table stands in for word2vec), triplet loss
     whose impostors are redrawn until they come from another clip, Adam, batch 32, features
     read item by item from HDF5, no DataLoader workers. Per-batch split: data / forward /
@@ -156,6 +157,41 @@ def make_corpus(root: Path, *, n_train: int, n_val: int, seed: int = 0, learnabl
 # --------------------------------------------------------------------------- (a) reference loop
 
 
+def reference_crnn() -> Any:
+    """The paper's CRNN as the reference code builds it, from stock torch modules only.
+
+    Same layout and parameter count as ``acalign.models.crnn.CRNN`` (732,354), but none of our
+    changes: LeakyReLU not in place, ``nn.LPPool2d`` (autograd through ``pow``), plain BatchNorm
+    and GRU. Using our CRNN here would hand the reference our optimisations.
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class ReferenceCRNN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            layers: list[nn.Module] = []
+            for cin, cout, pool in ((1, 32, (2, 4)), (32, 128, None), (128, 128, (2, 4)),
+                                    (128, 128, None), (128, 128, (1, 4))):
+                layers += [nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                           nn.LeakyReLU(0.1)]
+                if pool:
+                    layers.append(nn.LPPool2d(4, pool))
+            self.features = nn.Sequential(*layers)
+            self.dropout = nn.Dropout(0.3)
+            self.gru = nn.GRU(128, 150, batch_first=True, bidirectional=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            frames = x.shape[1]
+            x = self.features(x.unsqueeze(1))  # (B, 128, T/4, 1)
+            x = self.dropout(x.permute(0, 2, 1, 3).flatten(2))
+            x = self.gru(x)[0]
+            return F.interpolate(x.transpose(1, 2), size=frames, mode="linear").transpose(1, 2)
+
+    return ReferenceCRNN()
+
+
 def worker_reference(spec: dict[str, Any]) -> dict[str, Any]:
     """The straightforward loop over one epoch; per-batch data / forward / backward+step times."""
     import h5py
@@ -165,7 +201,7 @@ def worker_reference(spec: dict[str, Any]) -> dict[str, Any]:
 
     from acalign.data.features import CLIPS_GROUP, encode_id
     from acalign.data.manifest import read_manifest
-    from acalign.models.crnn import CRNN, CRNNConfig
+    from acalign.models.crnn import CRNN, CRNNConfig, count_parameters
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
@@ -216,7 +252,9 @@ def worker_reference(spec: dict[str, Any]) -> dict[str, Any]:
             if clips[j] != clips[i]:
                 return j
 
-    model = CRNN(CRNNConfig()).to(device)
+    model = reference_crnn().to(device)
+    if sum(p.numel() for p in model.parameters()) != count_parameters(CRNN(CRNNConfig())):
+        raise RuntimeError("reference CRNN and acalign's CRNN differ in size")
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = DataLoader(PerItemH5(), batch_size=BATCH, shuffle=True, collate_fn=collate, num_workers=0)
     times: dict[str, list[float]] = {"data": [], "forward": [], "backward": []}

@@ -249,3 +249,15 @@ def test_minilm_average_of_last_layers(minilm):
     assert build_text_encoder(two.spec()).layers == 2
     with pytest.raises(ModelError, match="layers"):
         MiniLMEncoder(layers=9)
+
+
+@needs_minilm
+@pytest.mark.slow  # loading the model takes 2-7 s on our shared 2-core machine
+def test_minilm_release_keeps_the_cache_and_reloads_on_a_miss(minilm):
+    before, _ = minilm([["a", "dog", "barks"]])
+    minilm.release()
+    assert minilm._backend is None
+    again, _ = minilm([["a", "dog", "barks"]])  # served from the cache, no reload
+    assert minilm._backend is None and torch.equal(again, before)
+    new, _ = minilm([["rain", "falls"]])  # a miss loads the model again
+    assert minilm._backend is not None and new.shape == (1, 2, 384)

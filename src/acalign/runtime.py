@@ -28,3 +28,21 @@ def tune_malloc(*, trim_threshold_mb: int = 256) -> None:
         return
     libc.mallopt(_M_MMAP_THRESHOLD, 32 * 1024 * 1024)  # glibc's ceiling on 64-bit
     libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold_mb * 1024 * 1024)
+
+
+def limit_malloc_retention(*, mmap_threshold_mb: int = 1) -> None:
+    """The opposite trade of :func:`tune_malloc`: give freed buffers back to the OS at once.
+
+    Buffers of ``mmap_threshold_mb`` or more get their own mappings, returned on free, so the
+    process's resident memory follows what is live; every large allocation then pays for
+    fresh pages again (training measured about a third slower on 2 cores). Linux only; else a
+    no-op.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold_mb * 1024 * 1024)
+    libc.mallopt(_M_TRIM_THRESHOLD, 16 * 1024 * 1024)

@@ -51,6 +51,13 @@ class TextEncoder(nn.Module, ABC):
     def precompute(self, tokens: Sequence[Sequence[str]]) -> None:
         """Warm any cache for these captions (a no-op for encoders without one)."""
 
+    def release(self) -> None:
+        """Free what only uncached captions need (a no-op for encoders without a cache).
+
+        Called once every caption a run will see is cached; an uncached caption later
+        reloads what was freed.
+        """
+
     @property
     def device(self) -> torch.device:
         """Device of the encoder's tensors (CPU when it has none)."""

@@ -11,6 +11,7 @@ fills it in batches before training.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -152,6 +153,12 @@ class MiniLMEncoder(TextEncoder):
             chunk = todo[start : start + self.batch_size]
             for row, vec in zip(chunk, self._encode_batch(chunk), strict=True):
                 self._remember(row, vec)
+
+    def release(self) -> None:
+        """Drop the transformer and tokenizer (~130 MB); a cache miss loads them again."""
+        if self._backend is not None:
+            self._backend = None
+            gc.collect()
 
     def _remember(self, row: tuple[str, ...], vectors: torch.Tensor) -> None:
         self._cache[row] = vectors
