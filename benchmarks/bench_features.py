@@ -130,10 +130,11 @@ def profile_acalign_stages(paths: list[Path], config) -> dict[str, float]:  # no
     import torch
 
     from acalign.data.audio import _decode_file, resample
-    from acalign.data.features import _tune_worker_malloc, log_mel
+    from acalign.data.features import log_mel
+    from acalign.runtime import tune_malloc
 
     torch.set_num_threads(1)
-    _tune_worker_malloc()
+    tune_malloc()
     stages = {"decode": 0.0, "resample (soxr HQ)": 0.0, "log-mel (torch.stft)": 0.0}
     for path in paths:
         t0 = time.perf_counter()
