@@ -5,11 +5,13 @@
     clip;
 (b) acalign — :func:`acalign.data.features.extract_files` with all usable cores.
 
-Both run in the same invocation on the same files (generated once as PCM16 WAV into a cache
-folder, or taken from ``--data``). Prints a table and appends it to ``benchmarks/results.md``.
-A measurement, not a test: it asserts nothing about speed.
+Both run in the same invocation on the same files, for each data source: the first 500 clips of
+the embedded corpus (32 kHz, written by ``make demo``; ``--data`` names another folder), then 500
+generated PCM16 WAV clips at 44.1 kHz, which both sides must resample. Prints a table per source
+and appends them to ``benchmarks/results.md``. A measurement, not a test: it asserts nothing
+about speed.
 
-    python benchmarks/bench_features.py [--clips 500] [--data DIR] [--workers N]
+    python benchmarks/bench_features.py [--clips 500] [--data DIR] [--sources corpus generated]
 """
 
 from __future__ import annotations
@@ -35,15 +37,20 @@ import soundfile as sf  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "acalign-bench-features"
+DEFAULT_CORPUS = HERE.parent / "runs" / "demo" / "corpus" / "audio" / "train"
 
 
 def parse_args() -> argparse.Namespace:
     """Command-line options of the benchmark."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clips", type=int, default=500, help="clips to generate (default: 500)")
+    parser.add_argument("--clips", type=int, default=500, help="clips per data source (default: 500)")
     parser.add_argument("--seconds", type=float, default=10.0, help="clip length (default: 10)")
     parser.add_argument("--rate", type=int, default=44100, help="rate of generated clips (default: 44100)")
-    parser.add_argument("--data", type=Path, help="use the WAV/FLAC files of this folder instead")
+    parser.add_argument("--data", type=Path, default=None,
+                        help=f"corpus audio folder (default: {DEFAULT_CORPUS.relative_to(HERE.parent)}, "
+                             "written by `make demo`); its first --clips files are used")
+    parser.add_argument("--sources", nargs="+", default=["corpus", "generated"],
+                        choices=["corpus", "generated"], help="data to measure on (default: both)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
                         help=f"where generated clips are kept (default: {DEFAULT_CACHE})")
     parser.add_argument("--workers", type=int, default=None, help="acalign workers (default: all cores)")
@@ -135,7 +142,7 @@ def profile_acalign_stages(paths: list[Path], config) -> dict[str, float]:  # no
 
     torch.set_num_threads(1)
     tune_malloc()
-    stages = {"decode": 0.0, "resample (soxr HQ)": 0.0, "log-mel (torch.stft)": 0.0}
+    stages = {"decode": 0.0, "resample (soxr HQ)": 0.0, "log-mel (torch FFT)": 0.0}
     for path in paths:
         t0 = time.perf_counter()
         mono, rate = _decode_file(path)
@@ -146,7 +153,7 @@ def profile_acalign_stages(paths: list[Path], config) -> dict[str, float]:  # no
         t3 = time.perf_counter()
         stages["decode"] += t1 - t0
         stages["resample (soxr HQ)"] += t2 - t1
-        stages["log-mel (torch.stft)"] += t3 - t2
+        stages["log-mel (torch FFT)"] += t3 - t2
     return {k: v / len(paths) for k, v in stages.items()}
 
 
@@ -177,20 +184,17 @@ def machine() -> str:
     return f"{model}, {cores} cores"
 
 
-def main() -> int:
-    """Run both contenders and report."""
-    args = parse_args()
-    from acalign.data.features import FeatureConfig, _resolve_workers
+def corpus_clips(folder: Path | None, count: int) -> list[Path]:
+    """The first ``count`` WAV/FLAC files of ``folder`` (default: the demo corpus's training audio)."""
+    folder = folder or DEFAULT_CORPUS
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in {".wav", ".flac"})[:count]
 
-    config = FeatureConfig()
-    if args.data:
-        paths = sorted(p for p in args.data.iterdir() if p.suffix.lower() in {".wav", ".flac"})
-        source = f"{len(paths)} files from {args.data}"
-    else:
-        paths = generate_clips(args.cache, count=args.clips, seconds=args.seconds, rate=args.rate)
-        source = f"{len(paths)} generated {args.seconds:g} s PCM16 WAV clips at {args.rate} Hz"
+
+def measure(paths: list[Path], source: str, config, workers: int) -> str:  # noqa: ANN001
+    """Both contenders on ``paths``; the markdown rows and notes."""
     warm_page_cache(paths)
-    workers = _resolve_workers(args.workers)
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         ref_out, our_out = Path(tmp) / "reference.h5", Path(tmp) / "acalign.h5"
@@ -221,13 +225,41 @@ def main() -> int:
         f"- load average (1 min) before/after: {load_before:.2f} / {load_after:.2f} "
         "(the machine is shared; one run each)",
     ]
-    section = "\n".join(rows + [""] + notes)
-    print(section)
-    if not args.no_append:
+    return "\n".join(rows + [""] + notes)
+
+
+def main() -> int:
+    """Run both contenders on each data source and report."""
+    args = parse_args()
+    from acalign.data.features import FeatureConfig, _resolve_workers
+
+    config = FeatureConfig()
+    workers = _resolve_workers(args.workers)
+    sources: list[tuple[str, list[Path]]] = []
+    if "corpus" in args.sources:
+        paths = corpus_clips(args.data, args.clips)
+        if paths:
+            info = sf.info(str(paths[0]))
+            sources.append((f"{len(paths)} corpus clips from {args.data or DEFAULT_CORPUS} "
+                            f"({info.samplerate} Hz {info.subtype})", paths))
+        else:
+            print(f"no corpus audio at {args.data or DEFAULT_CORPUS} (run `make demo` or pass --data); "
+                  "measuring generated clips only")
+    if "generated" in args.sources:
+        paths = generate_clips(args.cache, count=args.clips, seconds=args.seconds, rate=args.rate)
+        sources.append((f"{len(paths)} generated {args.seconds:g} s PCM16 WAV clips at {args.rate} Hz "
+                        "(resampled to 32 kHz by both)", paths))
+    sections = []
+    for source, paths in sources:
+        print(f"measuring {source} ...", flush=True)
+        section = measure(paths, source, config, workers)
+        print(section + "\n", flush=True)
+        sections.append(section)
+    if not args.no_append and sections:
         stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
         header = f"\n## Feature extraction ({stamp}; {machine()})\n\n"
         with args.results.open("a") as handle:
-            handle.write(header + section + "\n")
+            handle.write(header + "\n\n".join(sections) + "\n")
         print(f"appended to {args.results}")
     return 0
 
