@@ -20,14 +20,7 @@ def tune_malloc(*, trim_threshold_mb: int = 256) -> None:
     bounded: freed buffers are reused rather than returned. Call it from worker processes and
     CLI commands, not from library code that runs inside a user's process.
     """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    libc.mallopt(_M_MMAP_THRESHOLD, 32 * 1024 * 1024)  # glibc's ceiling on 64-bit
-    libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold_mb * 1024 * 1024)
+    _mallopt(mmap_threshold=32 * 1024 * 1024, trim_threshold=trim_threshold_mb * 1024 * 1024)
 
 
 def limit_malloc_retention(*, mmap_threshold_mb: int = 1) -> None:
@@ -38,11 +31,16 @@ def limit_malloc_retention(*, mmap_threshold_mb: int = 1) -> None:
     fresh pages again (training measured about a third slower on 2 cores). Linux only; else a
     no-op.
     """
+    _mallopt(mmap_threshold=mmap_threshold_mb * 1024 * 1024, trim_threshold=16 * 1024 * 1024)
+
+
+def _mallopt(*, mmap_threshold: int, trim_threshold: int) -> None:
+    """Set glibc's mmap threshold (32 MB at most on 64-bit) and trim threshold, in bytes."""
     if not sys.platform.startswith("linux"):
         return
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return
-    libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold_mb * 1024 * 1024)
-    libc.mallopt(_M_TRIM_THRESHOLD, 16 * 1024 * 1024)
+    libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
+    libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold)
