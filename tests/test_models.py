@@ -333,3 +333,28 @@ def test_lp_pool_backward_matches_autograd_of_the_plain_formula(shape: tuple[int
     assert torch.autograd.gradcheck(
         lambda t: lp_pool(t, p=4.0, size=(2, 4)), (torch.randn(*shape, dtype=torch.float64, requires_grad=True),)
     )
+
+
+def test_fused_leaky_lp_pool_matches_the_plain_ops_and_refuses_a_second_backward() -> None:
+    import torch.nn.functional as F
+
+    from acalign.models.crnn import leaky_lp_pool
+
+    def plain(x: torch.Tensor) -> torch.Tensor:
+        y = F.leaky_relu(x, 0.1)
+        return (F.avg_pool2d(y.pow(4), (2, 4)) * 8).clamp_min(1e-20).pow(0.25)
+
+    x = torch.randn(2, 3, 9, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x[0, :, :4] = 0.0
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    weights = torch.randn(plain(x).shape, dtype=torch.float64)
+    out = leaky_lp_pool(ours, slope=0.1, p=4.0, size=(2, 4))
+    torch.testing.assert_close(out, plain(x))
+    loss = (out * weights).sum()
+    loss.backward(retain_graph=True)
+    (plain(theirs) * weights).sum().backward()
+    torch.testing.assert_close(ours.grad, theirs.grad, atol=1e-12, rtol=0)
+    with pytest.raises(RuntimeError, match="second backward"):
+        loss.backward()
+    with torch.no_grad():  # inference path: LeakyReLU in place on a fresh tensor, same values
+        torch.testing.assert_close(leaky_lp_pool(x.clone(), slope=0.1, p=4.0, size=(2, 4)), plain(x))

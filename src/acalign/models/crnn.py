@@ -163,12 +163,23 @@ class ConvBlock(nn.Module):
         )
         self.act = nn.LeakyReLU(slope, inplace=True)  # the conv output is not needed for backward: saves a copy
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-        """``x (B, C, T, F)``, ``valid (B, T)`` bool (None: no padding) → ``(B, out, T, F)``.
+    def forward(
+        self,
+        x: torch.Tensor,
+        valid: torch.Tensor | None,
+        *,
+        pool: tuple[int, int] = (1, 1),
+        p: float = 4.0,
+    ) -> torch.Tensor:
+        """``x (B, C, T, F)``, ``valid (B, T)`` bool (None: no padding) → ``(B, out, T, F)``,
+        LP-pooled by ``pool`` (time, freq) with norm ``p`` when ``pool`` is not ``(1, 1)``.
 
         Zeros at padded frames are exactly the zero padding a lone clip's conv sees at its end.
         """
-        return self.act(self.conv(self.norm(x, valid)))
+        out = self.conv(self.norm(x, valid))
+        if pool == (1, 1):
+            return self.act(out)
+        return leaky_lp_pool(out, slope=self.act.negative_slope, p=p, size=pool)
 
 
 def lp_pool(x: torch.Tensor, *, p: float, size: tuple[int, int]) -> torch.Tensor:
@@ -233,6 +244,66 @@ class _LPPool(torch.autograd.Function):
         if f_out * kf < x.shape[3]:
             grad_x[:, :, :, f_out * kf :].zero_()
         return grad_x, None, None
+
+
+def leaky_lp_pool(
+    x: torch.Tensor, *, slope: float, p: float, size: tuple[int, int]
+) -> torch.Tensor:
+    """``lp_pool(leaky_relu(x, slope), p=p, size=size)``; in training, one fused step that
+    keeps a single full-size activation and needs no gradient buffer of its own.
+
+    Without autograd the LeakyReLU runs in place on ``x`` (a fresh convolution output).
+    """
+    if torch.is_grad_enabled() and x.requires_grad:
+        if p % 2 == 0:
+            return _LeakyLPPool.apply(x, float(slope), float(p), (int(size[0]), int(size[1])))
+        return lp_pool(F.leaky_relu(x, slope), p=p, size=size)
+    return _lp_pool_forward(F.leaky_relu_(x, slope), p, size)
+
+
+class _LeakyLPPool(torch.autograd.Function):
+    """LeakyReLU then LP pooling (even ``p``), with a backward that works in place.
+
+    With ``y = leaky(x)`` and ``o`` the pooled output, ``dL/dx = g / o^(p-1) · y^(p-1) ·
+    leaky'(x)``; for even ``p``, ``y^(p-1)`` has the sign of ``x``, so ``leaky'(x)`` is applied by
+    running LeakyReLU over ``y^(p-1)``. Everything happens in the saved ``y``'s buffer: the
+    largest activation turns into its own gradient, which removes two full-size temporaries
+    (the pooling gradient and LeakyReLU's) from the backward pass and LeakyReLU's backward
+    kernel from the step. The price: the saved ``y`` is consumed, so a second backward
+    through the same graph (``retain_graph=True``) is refused.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, slope: float, p: float, size: tuple[int, int]) -> torch.Tensor:  # type: ignore[override]
+        y = F.leaky_relu(x, slope)
+        out = _lp_pool_forward(y, p, size)
+        ctx.save_for_backward(y, out)
+        ctx.slope, ctx.p, ctx.size, ctx.consumed = slope, p, size, False
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:  # type: ignore[override]
+        if ctx.consumed:
+            raise RuntimeError(
+                "acalign CRNN: a second backward through the same graph is not supported "
+                "(its LeakyReLU/LP-pool step reuses its activation as the gradient buffer)"
+            )
+        ctx.consumed = True
+        y, out = ctx.saved_tensors
+        p, (kt, kf) = ctx.p, ctx.size
+        batch, channels, t_out, f_out = out.shape
+        live = out.pow(p) > _LP_EPS  # windows floored at _LP_EPS pass no gradient
+        scale = torch.where(live, grad_out / out.pow(p - 1.0), torch.zeros_like(out))
+        grad = F.leaky_relu_(y.pow_(p - 1.0), ctx.slope)
+        covered = grad[:, :, : t_out * kt, : f_out * kf]
+        covered.view(batch, channels, t_out, kt, f_out, kf).mul_(
+            scale.view(batch, channels, t_out, 1, f_out, 1)
+        )
+        if t_out * kt < y.shape[2]:
+            grad[:, :, t_out * kt :].zero_()
+        if f_out * kf < y.shape[3]:
+            grad[:, :, :, f_out * kf :].zero_()
+        return grad, None, None, None
 
 
 def pooled_lengths(lengths: torch.Tensor, factor: int) -> torch.Tensor:
@@ -321,10 +392,9 @@ class CRNN(nn.Module):
         padded = bool((lengths < x.shape[2]).any())
         cur = lengths
         for block, (pool_t, pool_f) in zip(self.blocks, self.config.pools, strict=True):
-            x = block(x, valid_mask(cur, x.shape[2]) if padded else None)
-            if (pool_t, pool_f) != (1, 1):
-                x = lp_pool(x, p=self.config.lp_pool_p, size=(pool_t, pool_f))
-                cur = pooled_lengths(cur, pool_t)
+            valid = valid_mask(cur, x.shape[2]) if padded else None
+            x = block(x, valid, pool=(pool_t, pool_f), p=self.config.lp_pool_p)
+            cur = pooled_lengths(cur, pool_t)
         x = x.permute(0, 2, 1, 3).flatten(2)  # (B, T', C * F')
         x = self.dropout(x)
         x = self._run_gru(x.float(), cur if padded else None)
@@ -374,5 +444,6 @@ __all__ = [
     "MaskedBatchNorm2d",
     "count_parameters",
     "interpolate_per_clip",
+    "leaky_lp_pool",
     "lp_pool",
 ]
