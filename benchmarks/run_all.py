@@ -12,12 +12,20 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ("bench_features.py", "bench_train.py", "bench_grounding.py", "bench_search.py", "bench_scaling.py")
+GPU_BENCHMARKS = ("bench_gpu.py",)  # run only where PyTorch sees a CUDA device
+
+
+def cuda_available() -> bool:
+    """Whether PyTorch sees a CUDA device (checked in a child, so this process stays light)."""
+    probe = "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"
+    return subprocess.run([sys.executable, "-c", probe], check=False).returncode == 0
 
 
 def main() -> int:
     """Run each benchmark script present; return non-zero if any failed."""
     failed = []
-    for name in BENCHMARKS:
+    names = BENCHMARKS + (GPU_BENCHMARKS if cuda_available() else ())
+    for name in names:
         script = HERE / name
         if not script.is_file():
             print(f"skipping {name}: not present")
