@@ -354,6 +354,11 @@ class AlignDataModule(pl.LightningDataModule):
         """Every validation clip in manifest order, on every rank (see the module docstring)."""
         return self._loader(self.val_set, shuffle=False, sampler=None)
 
+    def _on_gpu(self) -> bool:
+        """Whether the trainer runs on CUDA devices (then batches come from pinned memory)."""
+        strategy = getattr(self.trainer, "strategy", None)
+        return strategy is not None and strategy.root_device.type == "cuda"
+
     def _loader(self, dataset: Any, *, shuffle: bool, sampler: Any) -> DataLoader:
         workers = self.config.num_workers
         return DataLoader(
@@ -363,6 +368,7 @@ class AlignDataModule(pl.LightningDataModule):
             sampler=sampler,
             num_workers=workers,
             collate_fn=self.collate,
+            pin_memory=self._on_gpu(),
             persistent_workers=workers > 0,
         )
 
@@ -441,6 +447,13 @@ class AlignModule(pl.LightningModule):
         logits = self.phrase_logits(audio, text, text_mask, batch)
         audio_rows = batch.caption_clip[batch.phrase_caption]
         return frame_bce_loss(torch.sigmoid(logits), batch.phrase_targets, batch.mask[audio_rows])
+
+    def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
+        """Lightning's move, except ``lengths``: the encoder reads them on the host (no sync)."""
+        lengths = batch.lengths
+        moved = super().transfer_batch_to_device(batch, device, dataloader_idx)
+        moved.lengths = lengths
+        return moved
 
     # ---- training
 

@@ -18,6 +18,7 @@ from torch import nn
 from acalign.config import from_dict
 from acalign.errors import ModelError
 from acalign.models.crnn import CRNN, CRNNConfig, valid_mask
+from acalign.tensors import to_device
 from acalign.text import TextEncoder, build_text_encoder
 
 REDUCTIONS = ("mean", "max_time_mean_words", "max_words_mean_time")
@@ -177,7 +178,7 @@ class Aligner(nn.Module):
         lengths = (
             torch.full((feats.shape[0],), total, device=frames.device)
             if lengths is None
-            else lengths.to(frames.device)
+            else to_device(lengths, frames.device)
         )
         mask = valid_mask(lengths, total)
         emb = F.normalize(self.audio_proj(frames).float(), dim=-1) * mask.unsqueeze(-1)
@@ -187,7 +188,7 @@ class Aligner(nn.Module):
         """``B`` token lists → ``(emb (B, W, D) L2-normalised, mask (B, W))``; padded words are zero."""
         vectors, mask = self.text_encoder(tokens)
         device = self._device()
-        vectors, mask = vectors.to(device), mask.to(device)
+        vectors, mask = to_device(vectors, device), to_device(mask, device)
         emb = F.normalize(self.text_proj(vectors).float(), dim=-1) * mask.unsqueeze(-1)
         return emb, mask
 

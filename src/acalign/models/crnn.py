@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from acalign.errors import ModelError
+from acalign.tensors import to_device
 
 # Keeps LP pooling's p-th root differentiable where a window is all zeros (padding); its
 # effect on real windows is below 1e-5 in the output.
@@ -375,13 +376,15 @@ class CRNN(nn.Module):
             ``(B, T, out_dim)`` frame embeddings (not normalised), zeros past each length.
             Float32, also under autocast.
         """
-        batch, total, bins = self._check(feats, lengths)
-        lengths = (
-            torch.full((batch,), total, device=feats.device)
+        batch, total, bins = feats.shape if feats.dim() == 3 else (0, 0, 0)
+        # Lengths are checked and the padding decision made on the host, so that a GPU batch
+        # costs no device-to-host sync here (pass CPU lengths to benefit).
+        host_lengths = (
+            torch.full((batch,), total, dtype=torch.long)
             if lengths is None
-            else lengths.to(feats.device)
+            else lengths.detach().to("cpu", torch.long)
         )
-        lengths = lengths.long()
+        self._check(feats, host_lengths)
         x = feats.unsqueeze(1)
         if total < self.config.time_reduction:  # too short to pool: pad (masked) up to one step
             x = F.pad(x, (0, 0, 0, self.config.time_reduction - total))
@@ -389,20 +392,25 @@ class CRNN(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         # Without padding (e.g. a batch of equal 10 s clips) masks, packing and per-clip
         # interpolation are skipped: the plain path computes exactly the same, faster.
-        padded = bool((lengths < x.shape[2]).any())
-        cur = lengths
-        for block, (pool_t, pool_f) in zip(self.blocks, self.config.pools, strict=True):
-            valid = valid_mask(cur, x.shape[2]) if padded else None
-            x = block(x, valid, pool=(pool_t, pool_f), p=self.config.lp_pool_p)
-            cur = pooled_lengths(cur, pool_t)
-        x = x.permute(0, 2, 1, 3).flatten(2)  # (B, T', C * F')
-        x = self.dropout(x)
-        x = self._run_gru(x.float(), cur if padded else None)
+        padded = bool((host_lengths < x.shape[2]).any())
         if not padded:
+            for block, pool in zip(self.blocks, self.config.pools, strict=True):
+                x = block(x, None, pool=pool, p=self.config.lp_pool_p)
+            x = self._run_gru(self.dropout(x.permute(0, 2, 1, 3).flatten(2)).float(), None)
             return F.interpolate(x.transpose(1, 2), size=total, mode="linear").transpose(1, 2)
-        return interpolate_per_clip(x, cur, lengths, total)
+        cur = host_lengths
+        for block, pool in zip(self.blocks, self.config.pools, strict=True):
+            valid = valid_mask(to_device(cur, feats.device), x.shape[2])
+            x = block(x, valid, pool=pool, p=self.config.lp_pool_p)
+            cur = pooled_lengths(cur, pool[0])
+        x = x.permute(0, 2, 1, 3).flatten(2)  # (B, T', C * F')
+        x = self._run_gru(self.dropout(x).float(), cur)
+        return interpolate_per_clip(
+            x, to_device(cur, feats.device), to_device(host_lengths, feats.device), total
+        )
 
-    def _check(self, feats: torch.Tensor, lengths: torch.Tensor | None) -> tuple[int, int, int]:
+    def _check(self, feats: torch.Tensor, lengths: torch.Tensor) -> None:
+        """Raise ModelError on a bad feature shape or ``lengths`` (a CPU tensor)."""
         if feats.dim() != 3:
             raise ModelError(f"CRNN expects features of shape (B, T, F), got {tuple(feats.shape)}")
         batch, total, bins = feats.shape
@@ -410,24 +418,21 @@ class CRNN(nn.Module):
             raise ModelError(
                 f"CRNN expects {self.config.n_mels} mel bins, got features with {bins}"
             )
-        if lengths is not None:
-            if lengths.shape != (batch,):
-                raise ModelError(
-                    f"CRNN lengths must have shape ({batch},), got {tuple(lengths.shape)}"
-                )
-            if bool((lengths < 1).any()) or bool((lengths > total).any()):
-                raise ModelError(f"CRNN lengths must be in 1..{total}, got {lengths.tolist()}")
-        return batch, total, bins
+        if lengths.shape != (batch,):
+            raise ModelError(f"CRNN lengths must have shape ({batch},), got {tuple(lengths.shape)}")
+        if bool((lengths < 1).any()) or bool((lengths > total).any()):
+            raise ModelError(f"CRNN lengths must be in 1..{total}, got {lengths.tolist()}")
 
     def _run_gru(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         """BiGRU over the valid frames only → ``(B, T', 2 * hidden)`` float32, zeros past lengths.
 
-        Runs in float32 also under autocast (it is ~3 % of the FLOPs). ``lengths=None``: no padding.
+        Runs in float32 also under autocast (it is ~3 % of the FLOPs). ``lengths`` (CPU) = None:
+        no padding.
         """
         with torch.autocast(device_type=x.device.type, enabled=False):
             if lengths is None:
                 return self.gru(x)[0]
-            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
             out, _ = self.gru(packed)
             out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
         return out

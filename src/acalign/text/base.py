@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from acalign.errors import ModelError
+from acalign.tensors import to_device
 
 
 class TextEncoder(nn.Module, ABC):
@@ -74,13 +75,18 @@ def pad_word_vectors(
     ``W`` is at least 1 so that an empty batch row still has a shape.
     """
     width = max([1, *(v.shape[0] for v in vectors)])
-    out = torch.zeros(len(vectors), width, dim, dtype=torch.float32, device=device)
-    mask = torch.zeros(len(vectors), width, dtype=torch.bool, device=device)
+    # Host vectors (a cache) are stacked on the host and moved once, not row by row.
+    on_host = all(v.device.type == "cpu" for v in vectors)
+    build = torch.device("cpu") if on_host or device is None else torch.device(device)
+    out = torch.zeros(len(vectors), width, dim, dtype=torch.float32, device=build)
+    mask = torch.zeros(len(vectors), width, dtype=torch.bool, device=build)
     for row, vec in enumerate(vectors):
         n = vec.shape[0]
-        out[row, :n] = vec.to(device=out.device, dtype=torch.float32)
+        out[row, :n] = vec.to(device=build, dtype=torch.float32)
         mask[row, :n] = True
-    return out, mask
+    if device is None:
+        return out, mask
+    return to_device(out, device), to_device(mask, device)
 
 
 def check_tokens(tokens: Any) -> list[list[str]]:

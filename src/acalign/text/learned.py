@@ -10,6 +10,7 @@ from torch import nn
 
 from acalign.data.captions import PAD_INDEX, Vocabulary
 from acalign.errors import ModelError
+from acalign.tensors import to_device
 from acalign.text.base import TextEncoder, check_tokens
 
 
@@ -57,7 +58,7 @@ class LearnedEmbeddingEncoder(TextEncoder):
         for i, row in enumerate(rows):
             ids[i, : len(row)] = torch.tensor(self.vocabulary.encode(row), dtype=torch.long)
             mask[i, : len(row)] = True
-        ids, mask = ids.to(device), mask.to(device)
+        ids, mask = to_device(ids, device), to_device(mask, device)
         vectors = self.embedding(ids).float() * mask.unsqueeze(-1)
         return vectors, mask
 

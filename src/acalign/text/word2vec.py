@@ -25,6 +25,7 @@ import torch
 
 from acalign.data.captions import PAD_INDEX, UNK_INDEX, Vocabulary, stem, stem_candidates
 from acalign.errors import DataError, ModelError
+from acalign.tensors import to_device
 from acalign.text.base import TextEncoder, check_tokens
 
 log = logging.getLogger(__name__)
@@ -320,7 +321,7 @@ class StaticEmbeddingEncoder(TextEncoder):
         for i, row in enumerate(rows):
             ids[i, : len(row)] = torch.tensor(self.vocabulary.encode(row), dtype=torch.long)
             mask[i, : len(row)] = True
-        ids, mask = ids.to(self.weight.device), mask.to(self.weight.device)
+        ids, mask = to_device(ids, self.weight.device), to_device(mask, self.weight.device)
         return self.weight[ids].float(), mask
 
     def spec(self) -> dict[str, Any]:
