@@ -418,7 +418,7 @@ class AlignModule(pl.LightningModule):
     def _pair_loss(self, scores: torch.Tensor, batch: Batch, generator: torch.Generator | None) -> torch.Tensor:
         """Loss of ``scores (B_clips, N)`` for the batch's captions: row ``i`` = caption ``i``'s clip."""
         square = scores[batch.caption_clip]  # (N, N): audio of pair i against caption j
-        clip_ids = batch.clip_index.to(square.device)[batch.caption_clip]
+        clip_ids = batch.pair_clip if batch.pair_clip is not None else batch.clip_index[batch.caption_clip]
         if self.config.loss == "infonce":
             return info_nce_loss(square, clip_ids, logit_scale=self.logit_scale())
         return triplet_ranking_loss(square, clip_ids, margin=self.config.margin, generator=generator)
@@ -449,10 +449,11 @@ class AlignModule(pl.LightningModule):
         return frame_bce_loss(torch.sigmoid(logits), batch.phrase_targets, batch.mask[audio_rows])
 
     def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
-        """Lightning's move, except ``lengths``: the encoder reads them on the host (no sync)."""
-        lengths = batch.lengths
+        """Lightning's move, except ``lengths`` and ``pair_clip``: the encoder and the losses
+        read them on the host, so a GPU step never waits for the device to answer a question."""
+        lengths, pair_clip = batch.lengths, batch.pair_clip
         moved = super().transfer_batch_to_device(batch, device, dataloader_idx)
-        moved.lengths = lengths
+        moved.lengths, moved.pair_clip = lengths, pair_clip
         return moved
 
     # ---- training

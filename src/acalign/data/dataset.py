@@ -77,6 +77,8 @@ class Batch:
         tokens: ``N`` token lists (the text encoder pads them).
         caption_index: ``(N,)`` int64 manifest caption position of each caption.
         caption_clip: ``(N,)`` int64 row in ``features`` that each caption describes.
+        pair_clip: ``(N,)`` int64 manifest position of each caption's clip
+            (``clip_index[caption_clip]``); training keeps it on the host.
         targets: ``(N, T)`` float32 union of each caption's annotated phrases, or None.
         phrase_caption: ``(P,)`` int64 caption row of each annotated phrase.
         phrase_spans: ``P`` ``(start, end)`` token spans (end exclusive).
@@ -90,6 +92,7 @@ class Batch:
     tokens: list[list[str]]
     caption_index: torch.Tensor
     caption_clip: torch.Tensor
+    pair_clip: torch.Tensor | None = None
     targets: torch.Tensor | None = None
     phrase_caption: torch.Tensor | None = None
     phrase_spans: list[tuple[int, int]] = field(default_factory=list)
@@ -317,6 +320,7 @@ class Collate:
             caption_index=torch.tensor(caption_index, dtype=torch.long),
             caption_clip=torch.tensor(caption_clip, dtype=torch.long),
         )
+        batch.pair_clip = batch.clip_index[batch.caption_clip]
         if with_targets:
             batch.targets = _pad_rows(unions, n_frames)
             batch.phrase_caption = torch.tensor(phrase_caption, dtype=torch.long)

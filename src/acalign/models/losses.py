@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from acalign.errors import ModelError
+from acalign.tensors import to_device
 
 
 def clip_id_tensor(
@@ -22,7 +23,8 @@ def clip_id_tensor(
 ) -> torch.Tensor:
     """``(B,)`` long tensor of clip ids from a tensor or any sequence of hashables (e.g. str)."""
     if isinstance(clip_ids, torch.Tensor):
-        return clip_ids.to(device=device, dtype=torch.long)
+        ids = clip_ids.to(torch.long)
+        return ids if device is None else to_device(ids, device)
     codes: dict[Hashable, int] = {}
     return torch.tensor(
         [codes.setdefault(c, len(codes)) for c in clip_ids], dtype=torch.long, device=device
@@ -64,14 +66,20 @@ def triplet_ranking_loss(
         scalar loss (connected to ``scores``' graph, also when it is 0).
     """
     other = _other_clip(scores, clip_ids)
-    has_impostor = other.any(1)
-    if not bool(has_impostor.any()):
+    # A row lacks an impostor only when every row shows the same clip, so it is all or none.
+    # Asked of host ids, the question costs a GPU no sync.
+    host_ids = clip_id_tensor(clip_ids) if not isinstance(clip_ids, torch.Tensor) else clip_ids
+    if host_ids.device.type == "cpu":
+        single_clip = bool((host_ids == host_ids[0]).all()) if len(host_ids) else True
+    else:
+        single_clip = not bool(other.any())
+    if single_clip:
         return scores.sum() * 0.0
-    rows = has_impostor.nonzero().squeeze(1)
-    weights = other[rows].float()
+    weights = other.float()
     impostor_caption = torch.multinomial(weights, 1, generator=generator).squeeze(1)
     impostor_audio = torch.multinomial(weights, 1, generator=generator).squeeze(1)
-    positive = scores[rows, rows]
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    positive = scores.diagonal()
     caption_term = (margin - positive + scores[rows, impostor_caption]).clamp_min(0)
     audio_term = (margin - positive + scores[impostor_audio, rows]).clamp_min(0)
     return (caption_term + audio_term).sum() / scores.shape[0]
