@@ -88,6 +88,10 @@ class MiniLMEncoder(TextEncoder):
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             from transformers import AutoModel, AutoTokenizer
+            from transformers.utils import logging as transformers_logging
+
+            # Its per-tensor "Loading weights" bar would interleave with our own output.
+            transformers_logging.disable_progress_bar()
 
             path = Path(self.model_dir) if self.model_dir else minilm_model_dir()
             tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
