@@ -180,7 +180,9 @@ class ConvBlock(nn.Module):
         out = self.conv(self.norm(x, valid))
         if pool == (1, 1):
             return self.act(out)
-        return leaky_lp_pool(out, slope=self.act.negative_slope, p=p, size=pool)
+        if torch.is_grad_enabled() and out.requires_grad:
+            return leaky_lp_pool(out, slope=self.act.negative_slope, p=p, size=pool)
+        return lp_pool(self.act(out), p=p, size=pool)  # inference: LeakyReLU in place
 
 
 def lp_pool(x: torch.Tensor, *, p: float, size: tuple[int, int]) -> torch.Tensor:
@@ -230,36 +232,38 @@ class _LPPool(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
         x, y = ctx.saved_tensors
-        p, (kt, kf) = ctx.p, ctx.size
-        batch, channels, t_out, f_out = y.shape
-        # Windows floored at _LP_EPS (all-zero padding) pass no gradient, as with clamp_min.
-        live = y.pow(p) > _LP_EPS
-        scale = torch.where(live, grad_y / y.pow(p - 1.0), torch.zeros_like(y))
-        grad_x = x.pow(p - 1.0)
-        covered = grad_x[:, :, : t_out * kt, : f_out * kf]
-        covered.view(batch, channels, t_out, kt, f_out, kf).mul_(
-            scale.view(batch, channels, t_out, 1, f_out, 1)
-        )
-        if t_out * kt < x.shape[2]:
-            grad_x[:, :, t_out * kt :].zero_()
-        if f_out * kf < x.shape[3]:
-            grad_x[:, :, :, f_out * kf :].zero_()
-        return grad_x, None, None
+        return _scale_by_window(x.pow(ctx.p - 1.0), y, grad_y, p=ctx.p, size=ctx.size), None, None
+
+
+def _scale_by_window(
+    grad: torch.Tensor, out: torch.Tensor, grad_out: torch.Tensor, *, p: float, size: tuple[int, int]
+) -> torch.Tensor:
+    """Finish an LP-pool gradient in place: ``grad`` holds ``x^(p-1)`` (full size); multiply each
+    window by ``grad_out / out^(p-1)`` and zero what no window covers. Returns ``grad``."""
+    kt, kf = size
+    batch, channels, t_out, f_out = out.shape
+    # Windows floored at _LP_EPS (all-zero padding) pass no gradient, as with clamp_min.
+    live = out.pow(p) > _LP_EPS
+    scale = torch.where(live, grad_out / out.pow(p - 1.0), torch.zeros_like(out))
+    covered = grad[:, :, : t_out * kt, : f_out * kf]
+    covered.view(batch, channels, t_out, kt, f_out, kf).mul_(
+        scale.view(batch, channels, t_out, 1, f_out, 1)
+    )
+    if t_out * kt < grad.shape[2]:
+        grad[:, :, t_out * kt :].zero_()
+    if f_out * kf < grad.shape[3]:
+        grad[:, :, :, f_out * kf :].zero_()
+    return grad
 
 
 def leaky_lp_pool(
     x: torch.Tensor, *, slope: float, p: float, size: tuple[int, int]
 ) -> torch.Tensor:
-    """``lp_pool(leaky_relu(x, slope), p=p, size=size)``; in training, one fused step that
-    keeps a single full-size activation and needs no gradient buffer of its own.
-
-    Without autograd the LeakyReLU runs in place on ``x`` (a fresh convolution output).
-    """
-    if torch.is_grad_enabled() and x.requires_grad:
-        if p % 2 == 0:
-            return _LeakyLPPool.apply(x, float(slope), float(p), (int(size[0]), int(size[1])))
-        return lp_pool(F.leaky_relu(x, slope), p=p, size=size)
-    return _lp_pool_forward(F.leaky_relu_(x, slope), p, size)
+    """``lp_pool(leaky_relu(x, slope), p=p, size=size)``; in training (even ``p``), one fused
+    step that keeps a single full-size activation and needs no gradient buffer of its own."""
+    if torch.is_grad_enabled() and x.requires_grad and p % 2 == 0:
+        return _LeakyLPPool.apply(x, float(slope), float(p), (int(size[0]), int(size[1])))
+    return lp_pool(F.leaky_relu(x, slope), p=p, size=size)
 
 
 class _LeakyLPPool(torch.autograd.Function):
@@ -291,20 +295,8 @@ class _LeakyLPPool(torch.autograd.Function):
             )
         ctx.consumed = True
         y, out = ctx.saved_tensors
-        p, (kt, kf) = ctx.p, ctx.size
-        batch, channels, t_out, f_out = out.shape
-        live = out.pow(p) > _LP_EPS  # windows floored at _LP_EPS pass no gradient
-        scale = torch.where(live, grad_out / out.pow(p - 1.0), torch.zeros_like(out))
-        grad = F.leaky_relu_(y.pow_(p - 1.0), ctx.slope)
-        covered = grad[:, :, : t_out * kt, : f_out * kf]
-        covered.view(batch, channels, t_out, kt, f_out, kf).mul_(
-            scale.view(batch, channels, t_out, 1, f_out, 1)
-        )
-        if t_out * kt < y.shape[2]:
-            grad[:, :, t_out * kt :].zero_()
-        if f_out * kf < y.shape[3]:
-            grad[:, :, :, f_out * kf :].zero_()
-        return grad, None, None, None
+        grad = F.leaky_relu_(y.pow_(ctx.p - 1.0), ctx.slope)
+        return _scale_by_window(grad, out, grad_out, p=ctx.p, size=ctx.size), None, None, None
 
 
 def pooled_lengths(lengths: torch.Tensor, factor: int) -> torch.Tensor:
@@ -376,7 +368,7 @@ class CRNN(nn.Module):
             ``(B, T, out_dim)`` frame embeddings (not normalised), zeros past each length.
             Float32, also under autocast.
         """
-        batch, total, bins = feats.shape if feats.dim() == 3 else (0, 0, 0)
+        batch, total = self._check_features(feats)
         # Lengths are checked and the padding decision made on the host, so that a GPU batch
         # costs no device-to-host sync here (pass CPU lengths to benefit).
         host_lengths = (
@@ -384,7 +376,7 @@ class CRNN(nn.Module):
             if lengths is None
             else lengths.detach().to("cpu", torch.long)
         )
-        self._check(feats, host_lengths)
+        self._check_lengths(host_lengths, batch, total)
         x = feats.unsqueeze(1)
         if total < self.config.time_reduction:  # too short to pool: pad (masked) up to one step
             x = F.pad(x, (0, 0, 0, self.config.time_reduction - total))
@@ -409,8 +401,8 @@ class CRNN(nn.Module):
             x, to_device(cur, feats.device), to_device(host_lengths, feats.device), total
         )
 
-    def _check(self, feats: torch.Tensor, lengths: torch.Tensor) -> None:
-        """Raise ModelError on a bad feature shape or ``lengths`` (a CPU tensor)."""
+    def _check_features(self, feats: torch.Tensor) -> tuple[int, int]:
+        """``(B, T)`` of ``feats``; ModelError unless it is ``(B, T, n_mels)``."""
         if feats.dim() != 3:
             raise ModelError(f"CRNN expects features of shape (B, T, F), got {tuple(feats.shape)}")
         batch, total, bins = feats.shape
@@ -418,6 +410,11 @@ class CRNN(nn.Module):
             raise ModelError(
                 f"CRNN expects {self.config.n_mels} mel bins, got features with {bins}"
             )
+        return batch, total
+
+    @staticmethod
+    def _check_lengths(lengths: torch.Tensor, batch: int, total: int) -> None:
+        """ModelError unless ``lengths`` (host) has shape ``(batch,)`` and values in 1..total."""
         if lengths.shape != (batch,):
             raise ModelError(f"CRNN lengths must have shape ({batch},), got {tuple(lengths.shape)}")
         if bool((lengths < 1).any()) or bool((lengths > total).any()):
