@@ -354,6 +354,14 @@ class AlignDataModule(pl.LightningDataModule):
         """Every validation clip in manifest order, on every rank (see the module docstring)."""
         return self._loader(self.val_set, shuffle=False, sampler=None)
 
+    def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
+        """Lightning's move, except ``lengths`` and ``pair_clip``: the encoder and the losses
+        read them on the host, so a GPU step never waits for the device to answer a question."""
+        lengths, pair_clip = batch.lengths, batch.pair_clip
+        moved = super().transfer_batch_to_device(batch, device, dataloader_idx)
+        moved.lengths, moved.pair_clip = lengths, pair_clip
+        return moved
+
     def _on_gpu(self) -> bool:
         """Whether the trainer runs on CUDA devices (then batches come from pinned memory)."""
         strategy = getattr(self.trainer, "strategy", None)
@@ -447,14 +455,6 @@ class AlignModule(pl.LightningModule):
         logits = self.phrase_logits(audio, text, text_mask, batch)
         audio_rows = batch.caption_clip[batch.phrase_caption]
         return frame_bce_loss(torch.sigmoid(logits), batch.phrase_targets, batch.mask[audio_rows])
-
-    def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
-        """Lightning's move, except ``lengths`` and ``pair_clip``: the encoder and the losses
-        read them on the host, so a GPU step never waits for the device to answer a question."""
-        lengths, pair_clip = batch.lengths, batch.pair_clip
-        moved = super().transfer_batch_to_device(batch, device, dataloader_idx)
-        moved.lengths, moved.pair_clip = lengths, pair_clip
-        return moved
 
     # ---- training
 
