@@ -53,3 +53,13 @@ def test_grounding_on_the_gpu_matches_the_cpu(tmp_path: Path) -> None:
     bf16 = load_model(path, device="cuda", bf16=True, channels_last=True).ground(
         audio, ["a dog barks"], sample_rate=32000)[0]
     assert np.abs(bf16.activation - cpu.activation).max() < 0.05
+
+
+def test_batches_move_to_the_gpu_with_lengths_and_pair_clips_left_on_the_host(data_dir: Path) -> None:
+    from acalign.train import AlignDataModule
+
+    datamodule = AlignDataModule(data_dir, config=resolve_config(tiny_config()))
+    batch = next(iter(datamodule.train_dataloader()))
+    moved = datamodule.transfer_batch_to_device(batch, torch.device("cuda"), 0)
+    assert moved.features.is_cuda and moved.mask.is_cuda and moved.caption_clip.is_cuda
+    assert moved.lengths.device.type == "cpu" and moved.pair_clip.device.type == "cpu"
