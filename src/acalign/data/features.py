@@ -275,7 +275,7 @@ class LogMel(torch.nn.Module):
         # What torch.stft(center=True, pad_mode="constant") computes (librosa ≥ 0.10's default
         # padding), spelled out: zero-pad n_fft // 2 on both sides, frame, window, real FFT.
         # Framing ourselves gives (B, frames, n_freq) directly and skips stft's extra passes:
-        # about 0.3 ms of the 1.9 ms a 10 s clip took, with identical numbers.
+        # 1.93 -> 1.83 ms for a 10 s clip, the same numbers within float32 rounding (5e-7).
         half = cfg.n_fft // 2
         padded = F.pad(batch.to(self.frame_window.dtype), (half, half))
         frames = padded.unfold(-1, cfg.n_fft, cfg.hop_length) * self.frame_window
