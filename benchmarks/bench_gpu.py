@@ -11,8 +11,9 @@ Training, on N generated 10 s clips (``bench_train.make_corpus``):
     bf16-mixed + channels-last, with 0 and 4 loader workers and with torch.compile, and the
     default config at batch 32 and 128.
     Frozen random 300-d word vectors (a word2vec text file written here) stand in for the
-    text encoder, since MiniLM's weights do not travel to a machine without the package; the
-    text side is cached either way and is not what is timed. The first epoch warms up cuDNN;
+    text encoder, so the script needs no text model on the GPU machine (ours had no
+    MiniLM package); frozen vectors are cached either way, so the text side is not what is
+    timed. The first epoch warms up cuDNN;
     the table reports the median of the later epochs.
 
 Grounding: ``AcalignModel.ground`` on a one-hour 32 kHz WAV with ``device="cuda"`` (decoding on
