@@ -65,12 +65,12 @@ def triplet_ranking_loss(
     Returns:
         scalar loss (connected to ``scores``' graph, also when it is 0).
     """
-    other = _other_clip(scores, clip_ids)
+    ids = clip_id_tensor(clip_ids)  # sequences become host tensors; tensors stay where they are
+    other = _other_clip(scores, ids)
     # A row lacks an impostor only when every row shows the same clip, so it is all or none.
     # Asked of host ids, the question costs a GPU no sync.
-    host_ids = clip_id_tensor(clip_ids) if not isinstance(clip_ids, torch.Tensor) else clip_ids
-    if host_ids.device.type == "cpu":
-        single_clip = bool((host_ids == host_ids[0]).all()) if len(host_ids) else True
+    if ids.device.type == "cpu":
+        single_clip = bool((ids == ids[0]).all()) if len(ids) else True
     else:
         single_clip = not bool(other.any())
     if single_clip:
