@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -44,10 +45,10 @@ DEFAULT_PACKAGES = (
     "supertuxkart-data",
     "0ad-data",
 )
-# espeak-ng and the libraries its binary loads (libpcaudio itself needs libasound2 and libpulse0,
-# present on almost every Debian system; they are fetched too when missing).
+# espeak-ng and the libraries its binary loads. libpcaudio0 pulls in libasound2 and libpulse0 and
+# theirs (libsndfile1, ...): whichever of those this system lacks are found from the package
+# dependencies and unpacked beside it (see runtime_dependencies).
 ESPEAK_PACKAGES = ("espeak-ng", "libespeak-ng1", "espeak-ng-data", "libsonic0", "libpcaudio0")
-ESPEAK_FALLBACK_LIBS = ("libasound2", "libpulse0")
 MARKER = ".complete.json"
 NO_APT_HINT = (
     "the embedded corpus needs Debian's apt-get and dpkg-deb; on other systems build from your "
@@ -150,6 +151,25 @@ class AptFetcher:
             raise AcalignError(f"apt-get download {package} left no .deb in {self.deb_dir}")
         return found
 
+    def dependency_tree(self, packages: Sequence[str]) -> dict[str, list[list[str]]]:
+        """Run-time dependencies of ``packages``, recursively: package → its ``Depends`` groups.
+
+        A group lists the alternatives of one dependency (``a | b``); a virtual package is
+        replaced by the packages that provide it.
+        """
+        require_apt()
+        if not self._has_lists():
+            self.update()
+        result = self._run(
+            ["apt-cache", *self._apt_options(), "depends", "--recurse", "--no-recommends",
+             "--no-suggests", "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances",
+             *packages],
+            cwd=self.cache,
+        )
+        if result.returncode != 0:
+            raise AcalignError(f"apt-cache depends {' '.join(packages)} failed: {_last_line(result.stderr)}")
+        return parse_apt_depends(result.stdout)
+
     def update(self) -> None:
         """Refresh the private apt lists (``apt-get update`` into the cache)."""
         log.info("apt-get update (lists kept in %s)", self.cache / "apt")
@@ -166,6 +186,78 @@ class AptFetcher:
     def _run(cmd: list[str], *, cwd: Path) -> subprocess.CompletedProcess:
         log.debug("running %s", " ".join(cmd))
         return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
+
+
+def parse_apt_depends(text: str) -> dict[str, list[list[str]]]:
+    """Parse ``apt-cache depends --recurse`` output into package → list of alternative groups.
+
+    Lines at column 0 name a package; ``  Depends: x`` (or ``PreDepends``) starts a dependency,
+    ``  |Depends: x`` says the next one is an alternative of it, and deeper-indented lines under
+    a virtual ``<x>`` name its providers.
+    """
+    tree: dict[str, list[list[str]]] = {}
+    groups: list[list[str]] | None = None
+    open_group = False
+    virtual = False
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        if not line.startswith(" "):
+            groups = tree.setdefault(line.strip().removeprefix("<").removesuffix(">"), [])
+            open_group = False
+            continue
+        if groups is None:
+            continue
+        match = re.match(r"^  (\|?)(Pre)?Depends: (\S+)", line)
+        if match:
+            name = match.group(3)
+            virtual = name.startswith("<")
+            if not open_group:
+                groups.append([])
+            if not virtual:
+                groups[-1].append(name)
+            open_group = bool(match.group(1))
+        elif line.startswith("    ") and virtual and groups:
+            groups[-1].append(line.strip())
+    return tree
+
+
+def installed_packages() -> set[str]:
+    """Names of the packages dpkg lists as installed (empty where dpkg-query is missing)."""
+    if shutil.which("dpkg-query") is None:
+        return set()
+    result = subprocess.run(
+        ["dpkg-query", "-W", "-f=${db:Status-Abbrev} ${Package}\n"],
+        capture_output=True, text=True, check=False,
+    )
+    return {
+        fields[1].split(":")[0]
+        for fields in (line.split() for line in result.stdout.splitlines())
+        if len(fields) == 2 and fields[0] == "ii"
+    }
+
+
+def runtime_dependencies(
+    tree: dict[str, list[list[str]]], roots: Sequence[str], installed: set[str]
+) -> list[str]:
+    """Packages ``roots`` need at run time that are not ``installed`` (roots included).
+
+    A dependency group is met when any alternative is installed; otherwise its first
+    alternative is taken.
+    """
+    needed: list[str] = []
+    todo = list(reversed(roots))
+    seen: set[str] = set()
+    while todo:
+        package = todo.pop()
+        if package in seen or package in installed:
+            continue
+        seen.add(package)
+        needed.append(package)
+        for group in tree.get(package, []):
+            if group and not any(alt in installed or alt in seen for alt in group):
+                todo.append(group[0])
+    return needed
 
 
 def require_apt() -> None:
@@ -410,10 +502,19 @@ def find_espeak(fetcher: AptFetcher, cache: Path) -> Espeak:
     try:
         version = _espeak_version(command, env)
     except AcalignError:
-        # libpcaudio0 loads libasound2/libpulse0; fetch them into the same root and retry.
-        _unpack_debs([fetcher.deb(name) for name in ESPEAK_FALLBACK_LIBS], root)
+        # A library it loads is missing here: unpack every dependency this system lacks.
+        missing = runtime_dependencies(
+            fetcher.dependency_tree(ESPEAK_PACKAGES), ESPEAK_PACKAGES, installed_packages()
+        )
+        _unpack_debs([fetcher.deb(name) for name in missing if name not in ESPEAK_PACKAGES], root)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join([*_library_dirs(root), os.environ.get("LD_LIBRARY_PATH", "")])
         version = _espeak_version(command, env)
     return Espeak(command, env, version)
+
+
+def _library_dirs(root: Path) -> list[str]:
+    """Every folder under ``root`` that holds a shared library (pulseaudio keeps one apart)."""
+    return sorted({str(lib.parent) for lib in root.glob("**/*.so*") if lib.is_file()})
 
 
 def _unpack_debs(debs: Sequence[Path], root: Path) -> None:
