@@ -20,6 +20,7 @@ from acalign.train import (
     build_model,
     flat_retrieval_metrics,
     resolve_config,
+    resolve_precision,
     train,
 )
 from test_dataset import write_tiny_data
@@ -198,6 +199,26 @@ def test_bundled_configs_resolve_with_overrides() -> None:
     assert resolve_config("supervised").loss == "bce"
     assert resolve_config("default").val_metric in VAL_METRICS
     assert resolve_config("default", sets=["model.reduction=mean"]).model.reduction == "mean"
+
+
+def test_auto_precision_takes_bf16_only_where_the_hardware_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import acalign.train as train_module
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for native, expected in ((True, "bf16-mixed"), (False, "32")):
+        monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda native=native: native)
+        assert resolve_precision("auto", "auto") == expected
+        assert resolve_precision("auto", "cpu") == expected
+    assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"  # an explicit choice stands
+    assert resolve_precision("32", "gpu") == "32"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for supported, expected in ((True, "bf16-mixed"), (False, "32")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
+        assert resolve_precision("auto", "gpu") == expected
+        assert resolve_precision("auto", "auto") == expected
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)
+    assert resolve_precision("auto", "cpu") == "32"  # a CPU run on a GPU machine
+    assert resolve_config("paper").precision == "auto"
 
 
 def test_word2vec_option_switches_the_text_encoder(tmp_path: Path) -> None:

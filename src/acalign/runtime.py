@@ -34,6 +34,18 @@ def limit_malloc_retention(*, mmap_threshold_mb: int = 1) -> None:
     _mallopt(mmap_threshold=mmap_threshold_mb * 1024 * 1024, trim_threshold=16 * 1024 * 1024)
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bfloat16 natively (AVX-512 BF16 or AMX tiles).
+
+    Elsewhere (AVX2-only CPUs, e.g. AMD EPYC before Zen 4) oneDNN emulates bf16 and a bf16
+    autocast training step was measured 10× slower than fp32 (1.5 vs 15.6 clips/s).
+    """
+    import torch
+
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
 def _mallopt(*, mmap_threshold: int, trim_threshold: int) -> None:
     """Set glibc's mmap threshold (32 MB at most on 64-bit) and trim threshold, in bytes."""
     if not sys.platform.startswith("linux"):

@@ -60,12 +60,12 @@ from acalign.data.manifest import Manifest, read_manifest
 from acalign.errors import AcalignError
 from acalign.models.aligner import Aligner, AlignerConfig
 from acalign.models.losses import LogitScale, frame_bce_loss, info_nce_loss, triplet_ranking_loss
-from acalign.runtime import limit_malloc_retention, tune_malloc
+from acalign.runtime import cpu_has_native_bf16, limit_malloc_retention, tune_malloc
 
 log = logging.getLogger(__name__)
 
 LOSSES = ("triplet", "infonce", "bce")
-PRECISIONS = ("32", "32-true", "bf16-mixed", "bf16-true", "16-mixed")
+PRECISIONS = ("auto", "32", "32-true", "bf16-mixed", "bf16-true", "16-mixed")
 RETRIEVAL_METRICS = (
     "t2a_R@1",
     "t2a_R@5",
@@ -106,7 +106,9 @@ class TrainConfig:
         plateau_factor, plateau_patience: ReduceLROnPlateau on ``val_metric``.
         val_metric: metric that selects the best checkpoint, drives the LR schedule and early
             stopping; ``val/loss`` is minimised, retrieval metrics maximised.
-        precision: Lightning precision, e.g. ``"32"`` or ``"bf16-mixed"``.
+        precision: Lightning precision, e.g. ``"32"`` or ``"bf16-mixed"``; ``"auto"`` takes
+            bf16-mixed where the hardware computes bf16 natively (a GPU that supports it, a CPU
+            with AVX-512 BF16 or AMX) and 32 elsewhere (see :func:`resolve_precision`).
         channels_last: run the CRNN's convolutions in channels-last memory format.
         compile: ``torch.compile`` the audio encoder.
         num_workers: DataLoader worker processes.
@@ -607,6 +609,23 @@ def build_model(config: TrainConfig, datamodule: AlignDataModule) -> Aligner:
     return aligner
 
 
+def resolve_precision(precision: str, accelerator: str = "auto") -> str:
+    """The Lightning precision to train with: ``precision`` itself unless it is ``"auto"``.
+
+    ``"auto"`` gives ``"bf16-mixed"`` on a CUDA GPU that supports bf16 and on a CPU that
+    computes it natively, else ``"32"``: on AVX2-only CPUs bf16 is emulated and ~10× slower.
+    """
+    if precision != "auto":
+        return precision
+    accelerator = str(accelerator or "auto").lower()
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if on_gpu:
+        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32"
+    if accelerator in ("auto", "cpu"):
+        return "bf16-mixed" if cpu_has_native_bf16() else "32"
+    return "32"
+
+
 def build_trainer(config: TrainConfig, run_dir: Path, overrides: dict[str, Any] | None = None) -> pl.Trainer:
     """A Trainer with checkpoints, early stopping, LR monitor and CSV + TensorBoard loggers."""
     monitor, mode = config.val_metric, config.val_mode
@@ -633,11 +652,15 @@ def build_trainer(config: TrainConfig, run_dir: Path, overrides: dict[str, Any] 
     callbacks: list[Callback] = [best, last, LearningRateMonitor(logging_interval="epoch"), EpochThroughput()]
     if config.patience is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=config.patience))
+    overrides = dict(overrides or {})
+    precision = resolve_precision(config.precision, overrides.get("accelerator", "auto"))
+    if precision != config.precision:
+        log.info("precision %s resolved to %s on this hardware", config.precision, precision)
     kwargs: dict[str, Any] = {
         "default_root_dir": str(run_dir),
         "max_epochs": config.max_epochs,
         "max_time": timedelta(minutes=config.max_minutes) if config.max_minutes else None,
-        "precision": config.precision,
+        "precision": precision,
         "callbacks": callbacks,
         "logger": [
             CSVLogger(str(run_dir), name="logs", version="csv"),
@@ -649,7 +672,7 @@ def build_trainer(config: TrainConfig, run_dir: Path, overrides: dict[str, Any] 
         "use_distributed_sampler": False,  # the DataModule shards training itself
         "gradient_clip_val": config.grad_clip,
     }
-    kwargs.update(overrides or {})
+    kwargs.update(overrides)
     return pl.Trainer(**kwargs)
 
 
