@@ -261,6 +261,7 @@ class LogMel(torch.nn.Module):
         self.register_buffer(
             "mel_basis", torch.from_numpy(mel[:, : self.n_used_bins].T.copy()), persistent=False
         )
+        self.mel_blocks = _band_blocks(mel[:, : self.n_used_bins], MEL_BLOCK_BANDS)
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
         """(B, n) or (n,) waveforms → (B, frames, n_mels) or (frames, n_mels) log-mel."""
@@ -279,13 +280,47 @@ class LogMel(torch.nn.Module):
         half = cfg.n_fft // 2
         padded = F.pad(batch.to(self.frame_window.dtype), (half, half))
         frames = padded.unfold(-1, cfg.n_fft, cfg.hop_length) * self.frame_window
-        spec = torch.fft.rfft(frames)[..., : self.n_used_bins]  # (B, frames, used bins)
-        # |X|² as re² + im² into one buffer: no abs()/sqrt round-off, one temporary.
-        power = torch.mul(spec.real, spec.real)
-        power.addcmul_(spec.imag, spec.imag)
-        mel = torch.matmul(power, self.mel_basis)  # (B, frames, n_mels)
+        spec = torch.fft.rfft(frames)  # (B, frames, n_fft // 2 + 1)
+        # |X|² as re² + im² (no abs()/sqrt round-off): squaring the interleaved (re, im) pairs
+        # in one contiguous pass, then adding the halves, took 0.21 instead of 0.40 ms per clip
+        # against multiplying the strided .real and .imag views.
+        squares = torch.view_as_real(spec)[..., : self.n_used_bins, :].square()
+        power = torch.add(squares[..., 0], squares[..., 1])  # (B, frames, used bins), contiguous
+        mel = self._mel(power.flatten(0, -2)).unflatten(0, power.shape[:-1])  # (B, frames, n_mels)
         out = torch.log(mel.add_(cfg.log_eps))
         return out[0] if squeeze else out
+
+    def _mel(self, power: torch.Tensor) -> torch.Tensor:
+        """(N, used bins) power → (N, n_mels): ``power @ mel_basis``, skipping the zeros of the (banded) filterbank on CPU.
+
+        Each band covers a few neighbouring bins, so 97 % of the matrix is zero: one product per
+        group of bands over just their bins did 4× less work (0.19 instead of 0.41 ms per 10 s
+        clip). On other devices one dense product is faster than several small ones.
+        """
+        if power.device.type != "cpu":
+            return torch.matmul(power, self.mel_basis)
+        out = power.new_empty(power.shape[0], self.config.n_mels)
+        for first, last, lo, hi in self.mel_blocks:
+            torch.mm(power[:, lo:hi], self.mel_basis[lo:hi, first:last], out=out[:, first:last])
+        return out
+
+
+MEL_BLOCK_BANDS = 16  # bands per product in LogMel._mel (4, 8, 16, 32 measured; 16 fastest)
+
+
+def _band_blocks(mel: np.ndarray, bands_per_block: int) -> list[tuple[int, int, int, int]]:
+    """Split a (n_mels, bins) filterbank into runs of bands with the bin range each run uses.
+
+    Returns ``(first_band, end_band, first_bin, end_bin)`` per run; bins outside
+    ``[first_bin, end_bin)`` have zero weight in every band of the run.
+    """
+    blocks = []
+    for first in range(0, mel.shape[0], bands_per_block):
+        last = min(first + bands_per_block, mel.shape[0])
+        used = np.flatnonzero(mel[first:last].any(axis=0))
+        lo, hi = (int(used[0]), int(used[-1]) + 1) if used.size else (0, 1)
+        blocks.append((first, last, lo, hi))
+    return blocks
 
 
 @functools.lru_cache(maxsize=8)
