@@ -20,6 +20,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import acalign.data.features as features_module
 from acalign.cli import main
 from acalign.config import from_dict, to_dict
 from acalign.data.audio import load_audio
@@ -40,6 +41,8 @@ from acalign.data.features import (
 )
 from acalign.data.manifest import Caption, Clip, Manifest, write_manifest
 from acalign.errors import AcalignError, DataError
+
+_original_extract_one = features_module._extract_one
 
 # --------------------------------------------------------------------------- helpers
 
@@ -218,6 +221,29 @@ def test_batched_module_equals_one_by_one(rng):
         module(torch.zeros(2, 2, 10))
 
 
+@pytest.mark.parametrize("extra_frames", [0, 1, 255, 256, 300])
+def test_chunked_frames_equal_one_pass_over_all_frames(rng, extra_frames):
+    """On CPU, long inputs go through LogMel a chunk of frames at a time: no seams, same values."""
+    cfg = FeatureConfig(sample_rate=16000)
+    module = LogMel(cfg)
+    n = (module.frames_per_chunk + extra_frames) * cfg.hop_length + int(rng.integers(cfg.hop_length))
+    batch = torch.from_numpy(rng.standard_normal((2, n)).astype(np.float32))
+    with torch.no_grad():
+        out = module(batch)
+        half = cfg.n_fft // 2
+        frames = torch.nn.functional.pad(batch, (half, half)).unfold(-1, cfg.n_fft, cfg.hop_length)
+        whole = module._log_mel_frames(frames)  # every frame in one pass
+    assert out.shape == (2, cfg.num_frames(n), cfg.n_mels)
+    torch.testing.assert_close(out, whole, rtol=0, atol=1e-5)
+
+
+def test_mel_product_by_band_groups_equals_the_dense_product(rng):
+    for cfg in (FeatureConfig(), FeatureConfig(sample_rate=16000, n_mels=128), FeatureConfig(fmin=0.0, fmax=16000.0, n_mels=40)):
+        module = LogMel(cfg)
+        power = torch.from_numpy(rng.random((50, module.n_used_bins)).astype(np.float32))
+        torch.testing.assert_close(module._mel(power), power @ module.mel_basis, rtol=1e-5, atol=1e-6)
+
+
 def test_log_mel_rejects_non_mono_input():
     with pytest.raises(AcalignError, match=r"shape \(n,\)"):
         log_mel(np.zeros((2, 100), dtype=np.float32), FeatureConfig())
@@ -252,6 +278,52 @@ def test_extract_files_writes_the_documented_layout(tmp_path, rng):
             assert store.num_frames(audio_id) == store[audio_id].shape[0]
         with pytest.raises(KeyError, match="no features for audio id 'zzz.wav'"):
             store["zzz.wav"]
+
+
+def test_workers_hand_back_the_same_features_through_shared_memory_or_the_pipe(tmp_path, rng, monkeypatch):
+    items = write_clips(tmp_path / "audio", rng, [f"c{k}.wav" for k in range(9)])
+    cfg = FeatureConfig(sample_rate=16000)
+    alone = extract_files(items, tmp_path / "alone.h5", cfg, workers=0, progress=False)
+    shared = extract_files(items, tmp_path / "shared.h5", cfg, workers=2, progress=False)
+    # Slots smaller than any clip's features: every result travels through the pipe instead.
+    monkeypatch.setattr(features_module._ForkedExtractors, "SLOT_BYTES", 1024)
+    piped = extract_files(items, tmp_path / "piped.h5", cfg, workers=2, progress=False)
+    with FeatureStore(alone) as a, FeatureStore(shared) as b, FeatureStore(piped) as c:
+        assert sorted(a) == sorted(b) == sorted(c)
+        for audio_id in a:
+            np.testing.assert_array_equal(a[audio_id], b[audio_id])
+            np.testing.assert_array_equal(a[audio_id], c[audio_id])
+
+
+def _extract_or_fail(item, config):
+    if item[0] == "c3.wav":
+        raise ValueError("unexpected failure in a worker")
+    return _original_extract_one(item, config)
+
+
+def _extract_or_die(item, config):
+    if item[0] == "c3.wav":
+        os._exit(3)
+    return _original_extract_one(item, config)
+
+
+@pytest.mark.parametrize(("replacement", "error", "message"), [
+    (_extract_or_fail, ValueError, "unexpected failure in a worker"),
+    (_extract_or_die, AcalignError, r"worker died \(exit code 3\)"),
+])
+def test_a_failing_or_dead_worker_stops_the_run_and_keeps_finished_clips(
+    tmp_path, rng, monkeypatch, replacement, error, message
+):
+    items = write_clips(tmp_path / "audio", rng, [f"c{k}.wav" for k in range(8)])
+    out = tmp_path / "f.h5"
+    monkeypatch.setattr(features_module, "_extract_one", replacement)  # inherited by forked workers
+    with pytest.raises(error, match=message):
+        extract_files(items, out, FeatureConfig(sample_rate=16000), workers=2, progress=False)
+    assert not out.exists() and partial_path(out).exists()
+    monkeypatch.undo()
+    extract_files(items, out, FeatureConfig(sample_rate=16000), workers=2, progress=False)
+    with FeatureStore(out) as store:
+        assert len(store) == 8
 
 
 def _read_in_worker(store: FeatureStore) -> tuple[int, float]:
