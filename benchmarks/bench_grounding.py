@@ -34,6 +34,7 @@ VARIANTS = [
     ("fp32, batch 1 (baseline)", 1, False, False, False),
     ("fp32, batch 16", 16, False, False, False),
     ("fp32, batch 16, malloc tuned", 16, False, False, True),
+    ("fp32 + channels-last, batch 16, malloc tuned", 16, False, True, True),
     ("bf16 + channels-last, batch 16", 16, True, True, False),
     ("bf16 + channels-last, batch 16, malloc tuned", 16, True, True, True),
 ]
@@ -120,8 +121,16 @@ def main() -> int:
         print(json.dumps(run_worker(json.loads(args.worker))))
         return 0
     from acalign.infer.synthetic import save_random_model
+    from acalign.runtime import cpu_has_native_bf16
 
-    variants = [VARIANTS[i] for i in args.variants] if args.variants else VARIANTS
+    if args.variants:
+        variants = [VARIANTS[i] for i in args.variants]
+    elif cpu_has_native_bf16():
+        variants = VARIANTS
+    else:
+        variants = [v for v in VARIANTS if not v[2]]
+        print("this CPU emulates bf16 (no AVX-512 BF16 / AMX): bf16 variants left out "
+              "(--variants 4 5 runs them)", flush=True)
     with tempfile.TemporaryDirectory(prefix="acalign-bench-ground-") as tmp:
         tmp_dir = Path(tmp)
         model = args.model or save_random_model(tmp_dir / "model", dim=300)

@@ -352,7 +352,11 @@ def worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
         | {"epoch": int(float(r["epoch"]))}
         for r in rows if r.get("val/loss")
     ]
-    settings = (f"{config.precision}{' + channels-last' if config.channels_last else ''}"
+    from acalign.train import resolve_precision
+
+    resolved = resolve_precision(config.precision, spec.get("trainer", {}).get("accelerator", "auto"))
+    precision = config.precision if resolved == config.precision else f"{config.precision} → {resolved}"
+    settings = (f"{precision}{' + channels-last' if config.channels_last else ''}"
                 f"{' + compile' if config.compile else ''}, {config.loss}, {config.model.reduction}, "
                 f"text {config.model.text.get('kind')}, {config.num_workers} loader workers")
     return {"clips_per_s": rates[0] if rates else float("nan"), "epoch_rates": rates, "settings": settings,
@@ -453,9 +457,12 @@ def worker_flops(spec: dict[str, Any]) -> dict[str, Any]:
     # On CPU the GRU decomposes into mm/addmm, which the counter sees; add it by hand otherwise.
     gru_counted = any(k.endswith(("mm", "addmm")) or "gru" in k.lower() for k in by_op)
     total = counted + (0 if gru_counted else gru)
-    peaks = {}
+    from acalign.runtime import cpu_has_native_bf16
+
+    peaks = {"bf16": float("nan")}  # stays NaN where bf16 is emulated: 4096² would take minutes
     n = spec.get("matmul_n", 4096)
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    dtypes = [("fp32", torch.float32)] + ([("bf16", torch.bfloat16)] if cpu_has_native_bf16() else [])
+    for name, dtype in dtypes:
         x = torch.randn(n, n).to(dtype)
         y = torch.randn(n, n).to(dtype)
         torch.matmul(x, y)
@@ -481,7 +488,14 @@ def worker_profile(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from acalign.train import AlignDataModule, AlignModule, build_model, resolve_config, tune_malloc
+    from acalign.train import (
+        AlignDataModule,
+        AlignModule,
+        build_model,
+        resolve_config,
+        resolve_precision,
+        tune_malloc,
+    )
 
     logging.disable(logging.WARNING)
     warnings.filterwarnings("ignore")
@@ -495,7 +509,7 @@ def worker_profile(spec: dict[str, Any]) -> dict[str, Any]:
     module = AlignModule(aligner, config)
     aligner.text_encoder.precompute(datamodule.train_tokens)
     optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=config.lr)
-    bf16 = config.precision.startswith("bf16")
+    bf16 = resolve_precision(config.precision, "cpu").startswith("bf16")
 
     loader = datamodule.train_dataloader()
     t0 = time.perf_counter()
