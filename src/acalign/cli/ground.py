@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--bf16", action="store_true",
-        help="run the audio encoder in bfloat16, channels-last: faster on GPUs and on CPUs with "
+        help="run the audio encoder in bfloat16: faster on GPUs and on CPUs with "
         "AVX-512 BF16 or AMX, much slower on others (AVX2 only); activations differ by ~1e-2",
     )
     parser.set_defaults(func=run)
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from acalign.runtime import tune_malloc
 
     tune_malloc()
-    model = load_model(args.model, bf16=args.bf16, channels_last=args.bf16)
+    model = load_model(args.model, bf16=args.bf16)
     duration = audio_duration(args.audio)  # a missing or unreadable file fails here, first
     results = model.ground(
         args.audio, args.phrases, threshold=args.threshold, median_filter=args.median_filter

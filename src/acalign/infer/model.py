@@ -68,7 +68,7 @@ def load_model(
     *,
     device: str = "cpu",
     bf16: bool = False,
-    channels_last: bool = False,
+    channels_last: bool = True,
     batch_size: int = 16,
 ) -> AcalignModel:
     """Load an exported model directory (written by training / ``save_exported``).
@@ -83,7 +83,9 @@ def load_model(
         Run the audio encoder under bfloat16 autocast (faster on CPUs with AVX-512 BF16/AMX;
         activations then differ from float32 by about 1e-2).
     channels_last : bool
-        Keep the convolutions' tensors channels-last (faster with bf16 on CPU).
+        Keep the convolutions' tensors channels-last (default): faster on CPU in float32 too
+        (grounding 60 min on 2 AVX2 cores: 423× instead of 364× real time); results differ
+        from the standard layout by float32 rounding only.
     batch_size : int
         Windows encoded per batch for long recordings.
 
@@ -140,7 +142,7 @@ class AcalignModel:
         *,
         device: str = "cpu",
         bf16: bool = False,
-        channels_last: bool = False,
+        channels_last: bool = True,
         batch_size: int = 16,
         window_seconds: float = 10.0,
         overlap_seconds: float = 2.0,

@@ -182,7 +182,8 @@ class ConvBlock(nn.Module):
             return self.act(out)
         if torch.is_grad_enabled() and out.requires_grad:
             return leaky_lp_pool(out, slope=self.act.negative_slope, p=p, size=pool)
-        return lp_pool(self.act(out), p=p, size=pool)  # inference: LeakyReLU in place
+        # Inference: LeakyReLU and the powers of the LP pool in place on our own conv output.
+        return _lp_pool_forward(self.act(out), float(p), pool, inplace=True)
 
 
 def lp_pool(x: torch.Tensor, *, p: float, size: tuple[int, int]) -> torch.Tensor:
@@ -199,18 +200,19 @@ def lp_pool(x: torch.Tensor, *, p: float, size: tuple[int, int]) -> torch.Tensor
     return _lp_pool_forward(x, p, size)
 
 
-def _lp_pool_forward(x: torch.Tensor, p: float, size: tuple[int, int]) -> torch.Tensor:
-    pooled = F.avg_pool2d(_power(x, p), size) * (size[0] * size[1])
+def _lp_pool_forward(x: torch.Tensor, p: float, size: tuple[int, int], *, inplace: bool = False) -> torch.Tensor:
+    """LP pooling without autograd; ``inplace`` overwrites ``x`` with ``x ** p`` (no copy)."""
+    pooled = F.avg_pool2d(_power(x, p, inplace=inplace), size) * (size[0] * size[1])
     return pooled.clamp_min(_LP_EPS).pow(1.0 / p)
 
 
-def _power(x: torch.Tensor, p: float) -> torch.Tensor:
+def _power(x: torch.Tensor, p: float, *, inplace: bool = False) -> torch.Tensor:
     """``x ** p``; p = 4 as two squarings, the second in place (``pow(4)`` is about twice as
-    slow on CPU, in float32 and bfloat16 alike)."""
+    slow on CPU, in float32 and bfloat16 alike); ``inplace`` squares ``x`` itself."""
     if p == 4.0:
-        out = x.square()
+        out = x.square_() if inplace else x.square()
         return out.square_()
-    return x.pow(p)
+    return x.pow_(p) if inplace else x.pow(p)
 
 
 class _LPPool(torch.autograd.Function):
