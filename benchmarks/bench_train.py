@@ -595,6 +595,14 @@ def main() -> int:
         return 0
     steps = args.steps or (3 if args.quick else 5)
     step_repeats = 1 if args.quick else args.repeats
+    from acalign.runtime import cpu_has_native_bf16
+
+    bf16_native = cpu_has_native_bf16()
+    if not bf16_native and "bf16-check" not in args.skip:
+        # Five epochs at ~1.5 clips/s: about half an hour to learn that emulated bf16 is slow.
+        args.skip.append("bf16-check")
+        log("this CPU emulates bf16 (no AVX-512 BF16 / AMX): bf16 validation check left out; "
+            "training resolves precision auto to 32 here")
     threads = args.threads
     loads: list[float] = [load_average()]
     results: dict[str, Any] = {}
@@ -624,7 +632,10 @@ def main() -> int:
         ]
         for _rep in range(step_repeats):
             for variant in variants:
-                for malloc in (False, True):
+                emulated = STEP_VARIANTS[variant][2] and not bf16_native
+                if emulated and _rep > 0:
+                    continue  # one process is enough to show emulated bf16's cost
+                for malloc in (False, True) if not emulated else (True,):
                     spec = {"kind": "step", "variant": variant, "threads": threads, "steps": steps,
                             "warmup": 3 if variant.startswith("compile") else 1}
                     out = run_worker(SCRIPT, spec, env=MALLOC_ENV if malloc else {}, threads=threads)
