@@ -496,7 +496,9 @@ def find_espeak(fetcher: AptFetcher, cache: Path) -> Espeak:
         marker.write_text(json.dumps({"packages": list(ESPEAK_PACKAGES)}))
     libdir = root / "usr" / "lib" / "x86_64-linux-gnu"
     libdirs = [str(p) for p in (root / "usr" / "lib").glob("*-linux-gnu")] or [str(libdir)]
-    env = dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join([*libdirs, os.environ.get("LD_LIBRARY_PATH", "")]))
+    # Every library folder already unpacked (dependencies of an earlier run included).
+    search = _library_dirs(root) or libdirs
+    env = dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join([*search, os.environ.get("LD_LIBRARY_PATH", "")]))
     data_parent = Path(libdirs[0])
     command = (str(root / "usr" / "bin" / "espeak-ng"), f"--path={data_parent}")
     try:
