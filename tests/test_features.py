@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import h5py
@@ -478,6 +479,52 @@ def test_killed_run_resumes_to_the_identical_result(tmp_path, rng):
     assert_same_store(out, reference)
     with h5py.File(out, "r") as handle:
         assert "_writing" not in handle
+
+
+_KILLED_WRITER = textwrap.dedent(
+    """
+    import multiprocessing, os, signal, sys
+    import acalign.data.features as features
+
+    def record_workers_then_die(handle, audio_id, feats):
+        pids = [str(p.pid) for p in multiprocessing.active_children()]
+        with open(sys.argv[3], "w") as out:
+            out.write(" ".join(pids))
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    features._write_clip = record_workers_then_die
+    items = [line.split("\\t") for line in open(sys.argv[1]).read().splitlines()]
+    features.extract_files(items, sys.argv[2], features.FeatureConfig(sample_rate=16000),
+                           workers=2, progress=False)
+    """
+)
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")  # a zombie has exited; only its parent's reaping is left
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_workers_exit_when_the_writer_is_killed(tmp_path, rng):
+    items = write_clips(tmp_path / "audio", rng, IDS)
+    listing = tmp_path / "items.tsv"
+    listing.write_text("".join(f"{a}\t{p}\n" for a, p in items))
+    script = tmp_path / "killed_writer.py"
+    script.write_text(_KILLED_WRITER)
+    pids_file = tmp_path / "pids.txt"
+    proc = subprocess.run([sys.executable, str(script), str(listing), str(tmp_path / "run.h5"), str(pids_file)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    pids = [int(p) for p in pids_file.read_text().split()]
+    assert len(pids) == 2
+    deadline = time.monotonic() + 10
+    while any(_is_running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_is_running(pid) for pid in pids), "feature workers outlived their writer"
 
 
 def test_an_unreadable_partial_store_is_started_over(tmp_path, rng, caplog):
