@@ -630,10 +630,10 @@ def main() -> int:
         variants = [] if "steps" in args.skip else [
             v for v in STEP_VARIANTS if not (v.startswith("compile") and "compile" in args.skip)
         ]
-        for _rep in range(step_repeats):
+        for rep in range(step_repeats):
             for variant in variants:
                 emulated = STEP_VARIANTS[variant][2] and not bf16_native
-                if emulated and _rep > 0:
+                if emulated and rep > 0:
                     continue  # one process is enough to show emulated bf16's cost
                 for malloc in (False, True) if not emulated else (True,):
                     spec = {"kind": "step", "variant": variant, "threads": threads, "steps": steps,
