@@ -623,7 +623,6 @@ class _ForkedExtractors:
     def __init__(self, config: FeatureConfig, workers: int) -> None:
         import mmap
 
-        self.config = config
         self.slots = mmap.mmap(-1, self.SLOT_BYTES * workers * self.TASKS_PER_WORKER)
         self.connections: list[Any] = []
         self.processes: list[multiprocessing.process.BaseProcess] = []
@@ -668,19 +667,15 @@ class _ForkedExtractors:
                 if ready in sentinels:
                     self._raise_died(sentinels[ready])
                 try:
-                    audio_id, slot, shape, payload = ready.recv()
+                    audio_id, slot, shape, feats, error = ready.recv()
                 except (EOFError, OSError):
                     self._raise_died(workers[ready])
                 in_flight -= 1
-                if isinstance(payload, BaseException):
-                    raise payload
-                if shape is not None:
+                if isinstance(error, BaseException):
+                    raise error
+                if shape is not None:  # the features are in the task's slot
                     feats = np.ndarray(shape, np.float32, buffer=self.slots, offset=slot * self.SLOT_BYTES)
-                    yield audio_id, feats, None
-                else:
-                    yield audio_id, (None if isinstance(payload, str) else payload), (
-                        payload if isinstance(payload, str) else None
-                    )
+                yield audio_id, feats, error
                 free.append(slot)
                 submit(ready)
 
@@ -709,7 +704,11 @@ class _ForkedExtractors:
 
 def _serve_extractions(connection: Any, inherited: list[Any], config: FeatureConfig, slots: Any) -> None:
     """Worker loop of :class:`_ForkedExtractors`: ``(id, path, slot)`` in, ``(id, slot, shape,
-    None | features | error text | exception)`` out, until ``None`` or the writer is gone."""
+    features, error)`` out, until ``None`` or the writer is gone.
+
+    ``shape`` is set when the features were written to the slot (then ``features`` is None);
+    ``error`` is the text of an unreadable clip, or an unexpected exception to re-raise.
+    """
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the writer's to handle
@@ -729,16 +728,16 @@ def _serve_extractions(connection: Any, inherited: list[Any], config: FeatureCon
             _, feats, error = _extract_one((audio_id, path), config)
         except Exception as exc:  # noqa: BLE001 - re-raised in the writer
             try:
-                connection.send((audio_id, slot, None, exc))
+                connection.send((audio_id, slot, None, None, exc))
             except Exception:  # noqa: BLE001 - an exception that does not pickle
-                connection.send((audio_id, slot, None, RuntimeError(f"{path}: {exc!r}")))
+                connection.send((audio_id, slot, None, None, RuntimeError(f"{path}: {exc!r}")))
             continue
         if feats is not None and feats.nbytes <= slot_bytes:
             view = np.ndarray(feats.shape, np.float32, buffer=slots, offset=slot * slot_bytes)
             view[...] = feats
-            connection.send((audio_id, slot, feats.shape, None))
+            connection.send((audio_id, slot, feats.shape, None, None))
         else:
-            connection.send((audio_id, slot, None, error if feats is None else feats))
+            connection.send((audio_id, slot, None, feats, error))
 
 
 # --------------------------------------------------------------------------- extraction (writing)

@@ -497,8 +497,7 @@ def find_espeak(fetcher: AptFetcher, cache: Path) -> Espeak:
     libdir = root / "usr" / "lib" / "x86_64-linux-gnu"
     libdirs = [str(p) for p in (root / "usr" / "lib").glob("*-linux-gnu")] or [str(libdir)]
     # Every library folder already unpacked (dependencies of an earlier run included).
-    search = _library_dirs(root) or libdirs
-    env = dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join([*search, os.environ.get("LD_LIBRARY_PATH", "")]))
+    env = _with_library_path(_library_dirs(root) or libdirs)
     data_parent = Path(libdirs[0])
     command = (str(root / "usr" / "bin" / "espeak-ng"), f"--path={data_parent}")
     try:
@@ -509,9 +508,14 @@ def find_espeak(fetcher: AptFetcher, cache: Path) -> Espeak:
             fetcher.dependency_tree(ESPEAK_PACKAGES), ESPEAK_PACKAGES, installed_packages()
         )
         _unpack_debs([fetcher.deb(name) for name in missing if name not in ESPEAK_PACKAGES], root)
-        env["LD_LIBRARY_PATH"] = os.pathsep.join([*_library_dirs(root), os.environ.get("LD_LIBRARY_PATH", "")])
+        env = _with_library_path(_library_dirs(root))
         version = _espeak_version(command, env)
     return Espeak(command, env, version)
+
+
+def _with_library_path(dirs: Sequence[str]) -> dict[str, str]:
+    """This process's environment with ``dirs`` put first on ``LD_LIBRARY_PATH``."""
+    return dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join([*dirs, os.environ.get("LD_LIBRARY_PATH", "")]))
 
 
 def _library_dirs(root: Path) -> list[str]:
