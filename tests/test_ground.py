@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from acalign.errors import AcalignError, DataError
 from acalign.infer.grounding import (
+    SharedFrontEnd,
     WindowPlan,
     array_blocks,
     downsample_max,
     end_aligned_windows,
+    iter_shared_frames,
     iter_stitched_frames,
     median_filter_frames,
 )
@@ -63,6 +67,82 @@ def test_every_window_but_a_short_recording_is_nearly_full_and_frame_aligned() -
     assert all(start % 640 == 0 for start, _ in windows)
     assert all(plan.window - 640 < len(w) <= plan.window for _, w in windows)
     assert windows[-1][0] + len(windows[-1][1]) == n
+
+
+def _index_front_end(plan: WindowPlan, *, reduction: int = 4, context: int = 16) -> SharedFrontEnd:
+    """A front end over a waveform holding each sample's own index: every row reports the
+    global sample its frame is centred on, so misplaced rows or slices show in the output."""
+    hop = plan.hop_length
+
+    def features(samples: np.ndarray) -> np.ndarray:
+        return samples[0] + np.arange(1 + samples.shape[0] // hop, dtype=np.float64) * hop
+
+    def front(rows: np.ndarray) -> np.ndarray:
+        return rows[: rows.shape[0] // reduction * reduction : reduction]
+
+    def head(pieces: list[np.ndarray], frames: int) -> np.ndarray:
+        assert all(piece.shape == (frames // reduction,) for piece in pieces)
+        for piece in pieces:  # rows are consecutive front rows of the same recording
+            np.testing.assert_array_equal(np.diff(piece), reduction * hop)
+        return np.stack([piece[0] + np.arange(frames) * hop for piece in pieces])[:, :, None]
+
+    def whole(windows: np.ndarray) -> np.ndarray:
+        return (windows[:, :1] + np.arange(1 + windows.shape[1] // hop) * hop)[:, :, None]
+
+    return SharedFrontEnd(
+        features=features, front=front, head=head, whole=whole, reduction=reduction,
+        context=context, feature_margin=512,
+    )
+
+
+@pytest.mark.parametrize(
+    "n_samples",
+    [1, 639, 5_000, 320_000, 320_001, 320_640, 322_000, 576_001, 1_000_000, 2_880_321, 5_432_109],
+)
+def test_shared_front_end_covers_each_frame_once_in_order(n_samples: int) -> None:
+    plan = WindowPlan.from_seconds(window_seconds=10, overlap_seconds=2, sample_rate=RATE, hop_length=640)
+    waveform = np.arange(n_samples, dtype=np.float64)
+    windows = end_aligned_windows(array_blocks(waveform, plan=plan), plan=plan, align_frames=4)
+    chunks = iter_shared_frames(windows, encoder=_index_front_end(plan), plan=plan, batch_size=3)
+    out = np.concatenate(list(chunks))
+    np.testing.assert_array_equal(out[:, 0], np.arange(1 + n_samples // 640) * 640)
+
+
+def test_aligned_tail_starts_on_a_pooled_frame_and_ends_the_recording() -> None:
+    plan = WindowPlan.from_seconds(window_seconds=10, overlap_seconds=2, sample_rate=RATE, hop_length=640)
+    for n in (1_000_123, 333_333, 320_641):
+        windows = list(end_aligned_windows(array_blocks(np.zeros(n, np.float32), plan=plan), plan=plan, align_frames=4))
+        assert all(start % (4 * 640) == 0 for start, _ in windows)
+        assert all(plan.window - 640 < len(w) < plan.window + 4 * 640 for _, w in windows)
+        assert windows[-1][0] + len(windows[-1][1]) == n
+    with pytest.raises(DataError, match="multiple of align_frames"):
+        odd = WindowPlan(window=320_000, hop=256_640, hop_length=640)  # a hop of 401 frames
+        list(end_aligned_windows(array_blocks(np.zeros(600_000, np.float32), plan=odd), plan=odd, align_frames=4))
+
+
+def test_shared_front_end_rows_equal_one_pass_over_the_whole_recording(random_paper_model, rng) -> None:
+    """Each window's head gets exactly the rows the CRNN's convolutions give the whole file."""
+    model = random_paper_model
+    wave = scene(47.3, [("dog", 8.5, 9.5), ("bird", 20.0, 25.0)], rng=rng)
+    plan = model.window_plan()
+    received: list[torch.Tensor] = []
+    shared = model._shared_front_end(lambda emb: emb.numpy(), whole=None)
+
+    def recording_head(pieces: list[torch.Tensor], frames: int) -> np.ndarray:
+        received.extend(pieces)
+        return shared.head(pieces, frames)
+
+    encoder = dataclasses.replace(shared, head=recording_head)
+    windows = list(end_aligned_windows(array_blocks(wave, plan=plan), plan=plan, align_frames=4))
+    frames = np.concatenate(list(iter_shared_frames(windows, encoder=encoder, plan=plan, batch_size=2)))
+    with torch.inference_mode():
+        whole_rows = model.aligner.encode_audio_front(model._log_mel(torch.from_numpy(wave)[None]))[0]
+    assert len(received) == len(windows) == 6
+    for (start, samples), piece in zip(windows, received, strict=True):
+        first = start // plan.hop_length // 4
+        expected = whole_rows[first : first + (1 + len(samples) // plan.hop_length) // 4]
+        torch.testing.assert_close(piece, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(frames, model.embed_audio(wave, sample_rate=RATE), atol=1e-6)
 
 
 def test_window_plan_rejects_bad_geometry() -> None:

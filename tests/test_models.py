@@ -181,6 +181,40 @@ def test_aligner_projects_audio_to_text_dim_and_normalises():
     assert sim.shape == (2, 30, 3) and bool((sim >= 0).all()) and bool((sim <= 1 + 1e-6).all())
 
 
+@pytest.mark.parametrize("config", [SMALL, CRNNConfig()], ids=["small", "paper"])
+def test_conv_frames_of_overlapping_pieces_equal_the_whole(config):
+    """context_frames is just enough: pieces that overlap by it give the whole's rows exactly."""
+    gen = torch.Generator().manual_seed(3)
+    model = CRNN(config).eval()
+    step, context = config.time_reduction, model.context_frames
+    assert context % step == 0 and (config != CRNNConfig() or context == 16)
+    feats = log_mel_like(gen, 1, 40 * step + 3, config.n_mels)
+    with torch.no_grad():
+        whole = model.conv_frames(feats)
+        rows = slice(12, 25)  # far from both ends
+        piece = model.conv_frames(feats[:, rows.start * step - context : rows.stop * step + context])
+        short = model.conv_frames(
+            feats[:, rows.start * step - context + step : rows.stop * step + context - step]
+        )
+    assert whole.shape[1] == (40 * step + 3) // step
+    n = context // step
+    torch.testing.assert_close(piece[:, n:-n], whole[:, rows], rtol=1e-5, atol=1e-5)
+    # one reduction step less of context on each side changes the edge rows: the test can fail
+    assert not torch.allclose(short[:, n - 1], whole[:, rows.start], atol=1e-5)
+
+
+def test_audio_front_and_head_together_equal_encode_audio():
+    model = tiny_aligner().eval()
+    gen = torch.Generator().manual_seed(6)
+    feats = log_mel_like(gen, 2, 30, 16)
+    with torch.no_grad():
+        split = model.encode_audio_head(model.encode_audio_front(feats), 30)
+        whole, _ = model.encode_audio(feats)
+    torch.testing.assert_close(split, whole, rtol=0, atol=0)
+    with pytest.raises(ModelError, match="at least 4 frames"):
+        model.encode_audio_front(feats[:, :3])
+
+
 def test_aligner_joint_dim_and_config_round_trip():
     model = tiny_aligner(joint_dim=6)
     assert model.dim == 6

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,11 +23,13 @@ import numpy as np
 
 from acalign.errors import AcalignError, ModelError
 from acalign.infer.grounding import (
+    SharedFrontEnd,
     WindowPlan,
     activation_segments,
     array_blocks,
     end_aligned_windows,
     file_blocks,
+    iter_shared_frames,
     iter_stitched_frames,
     median_filter_frames,
 )
@@ -278,7 +280,7 @@ class AcalignModel:
         np.ndarray, shape=(t, D), float32
             Consecutive frames; all together ``1 + n // hop_length`` of them.
         """
-        return self._iter_frames(audio, sample_rate=sample_rate, encode=self._encode_embeddings)
+        return self._iter_frames(audio, sample_rate=sample_rate, finish=_to_numpy)
 
     def embed_audio(
         self,
@@ -310,10 +312,7 @@ class AcalignModel:
         (501, 300)
         """
         chunks = self._iter_frames(
-            audio,
-            sample_rate=sample_rate,
-            encode=self._encode_embeddings,
-            window_seconds=window_seconds,
+            audio, sample_rate=sample_rate, finish=_to_numpy, window_seconds=window_seconds
         )
         return np.concatenate(list(chunks))
 
@@ -450,15 +449,13 @@ class AcalignModel:
         average[torch.arange(words.shape[0]), owner] = 1.0 / lengths.float()[owner]
         clamp = bool(self.aligner.config.clamp)
 
-        def encode(windows: np.ndarray) -> np.ndarray:
-            emb = self._encode_windows(windows)  # (B, T, D)
-            with torch.inference_mode():
-                sim = emb @ words.T
-                if clamp:
-                    sim = sim.clamp_min(0)
-                return (sim @ average).cpu().numpy()
+        def phrase_activations(emb: torch.Tensor) -> np.ndarray:
+            sim = emb @ words.T  # (B, T, D) embeddings → (B, T, P)
+            if clamp:
+                sim = sim.clamp_min(0)
+            return (sim @ average).cpu().numpy()
 
-        chunks = self._iter_frames(audio, sample_rate=sample_rate, encode=encode)
+        chunks = self._iter_frames(audio, sample_rate=sample_rate, finish=phrase_activations)
         return np.concatenate(list(chunks)).astype(np.float32, copy=False)
 
     # ----------------------------------------------------------------- internals
@@ -468,9 +465,19 @@ class AcalignModel:
         audio: AudioInput,
         *,
         sample_rate: int | None,
-        encode: Any,
+        finish: Callable[[Any], np.ndarray],
         window_seconds: float | None = None,
     ) -> Iterator[np.ndarray]:
+        """Frames of ``audio``: embeddings ``(B, T, D)`` of each window turned into outputs by
+        ``finish``, stitched. The convolutions are shared by overlapping windows wherever the
+        window hop is a whole number of the CRNN's pooled frames (always, with the defaults)."""
+
+        def encode(windows: np.ndarray) -> np.ndarray:
+            import torch
+
+            with torch.inference_mode():
+                return finish(self._encode_windows(windows))
+
         if window_seconds is not None and np.isinf(window_seconds):
             waveform = self._load_array(audio, sample_rate=sample_rate)
             return iter([encode(waveform[None, :])[0]])
@@ -479,8 +486,53 @@ class AcalignModel:
             blocks = array_blocks(self._load_array(audio, sample_rate=sample_rate), plan=plan)
         else:
             blocks = file_blocks(audio, plan=plan, sample_rate=self.sample_rate)
-        windows = end_aligned_windows(blocks, plan=plan)
-        return iter_stitched_frames(windows, encode=encode, plan=plan, batch_size=self.batch_size)
+        reduction = self.aligner.audio_encoder.config.time_reduction
+        if (plan.hop // plan.hop_length) % reduction:
+            windows = end_aligned_windows(blocks, plan=plan)
+            return iter_stitched_frames(
+                windows, encode=encode, plan=plan, batch_size=self.batch_size
+            )
+        windows = end_aligned_windows(blocks, plan=plan, align_frames=reduction)
+        return iter_shared_frames(
+            windows, encoder=self._shared_front_end(finish, encode), plan=plan,
+            batch_size=self.batch_size,
+        )
+
+    def _shared_front_end(
+        self, finish: Callable[[Any], np.ndarray], whole: Callable[[np.ndarray], np.ndarray]
+    ) -> SharedFrontEnd:
+        """The aligner split for :func:`~acalign.infer.grounding.iter_shared_frames`."""
+        import torch
+
+        def features(samples: np.ndarray) -> torch.Tensor:
+            with torch.inference_mode():
+                return self._log_mel(torch.from_numpy(samples)[None].to(self.device))[0]
+
+        def front(feats: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode(), self._autocast():
+                return self.aligner.encode_audio_front(feats[None])[0]
+
+        def head(pieces: list[torch.Tensor], frames: int) -> np.ndarray:
+            with torch.inference_mode():
+                with self._autocast():
+                    emb = self.aligner.encode_audio_head(torch.stack(pieces), frames)
+                return finish(emb.float())
+
+        crnn = self.aligner.audio_encoder
+        return SharedFrontEnd(
+            features=features,
+            front=front,
+            head=head,
+            whole=whole,
+            reduction=crnn.config.time_reduction,
+            context=crnn.context_frames,
+            feature_margin=int(self.feature_config.n_fft) // 2,
+        )
+
+    def _autocast(self) -> Any:
+        import torch
+
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def _load_array(self, audio: AudioInput, *, sample_rate: int | None) -> np.ndarray:
         from acalign.data.audio import load_audio
@@ -498,12 +550,14 @@ class AcalignModel:
         with torch.inference_mode():
             wave = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
             feats = self._log_mel(wave.to(self.device))
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            with self._autocast():
                 emb, _ = self.aligner.encode_audio(feats)
             return emb.float()
 
-    def _encode_embeddings(self, windows: np.ndarray) -> np.ndarray:
-        return self._encode_windows(windows).cpu().numpy()
+
+def _to_numpy(emb: Any) -> np.ndarray:
+    """Torch embeddings → float32 NumPy on the host."""
+    return emb.cpu().numpy()
 
 
 def _model_identity(path: Path) -> str:

@@ -181,8 +181,23 @@ class Aligner(nn.Module):
             else to_device(lengths, frames.device)
         )
         mask = valid_mask(lengths, total)
-        emb = F.normalize(self.audio_proj(frames).float(), dim=-1) * mask.unsqueeze(-1)
-        return emb, mask
+        return self._embed_audio_frames(frames) * mask.unsqueeze(-1), mask
+
+    def encode_audio_front(self, feats: torch.Tensor) -> torch.Tensor:
+        """The local (convolutional) part of :meth:`encode_audio` for unpadded ``feats (B, T,
+        F)``: ``(B, T', C)``, one row per ``time_reduction`` input frames. Its rows depend on
+        ``audio_encoder.context_frames`` input frames on either side only, so overlapping windows
+        of a long recording can share them; finish with :meth:`encode_audio_head`.
+        """
+        return self.audio_encoder.conv_frames(feats)
+
+    def encode_audio_head(self, front: torch.Tensor, total: int) -> torch.Tensor:
+        """The rest of :meth:`encode_audio`: ``front (B, T', C)`` → L2-normalised ``(B, total,
+        D)``; ``encode_audio_head(encode_audio_front(f), T)`` equals ``encode_audio(f)[0]``."""
+        return self._embed_audio_frames(self.audio_encoder.recurrent(front, total))
+
+    def _embed_audio_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.audio_proj(frames).float(), dim=-1)
 
     def encode_text(self, tokens: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
         """``B`` token lists → ``(emb (B, W, D) L2-normalised, mask (B, W))``; padded words are zero."""

@@ -388,10 +388,7 @@ class CRNN(nn.Module):
         # interpolation are skipped: the plain path computes exactly the same, faster.
         padded = bool((host_lengths < x.shape[2]).any())
         if not padded:
-            for block, pool in zip(self.blocks, self.config.pools, strict=True):
-                x = block(x, None, pool=pool, p=self.config.lp_pool_p)
-            x = self._run_gru(self.dropout(x.permute(0, 2, 1, 3).flatten(2)).float(), None)
-            return F.interpolate(x.transpose(1, 2), size=total, mode="linear").transpose(1, 2)
+            return self.recurrent(self._conv_stack(x), total)
         cur = host_lengths
         for block, pool in zip(self.blocks, self.config.pools, strict=True):
             valid = valid_mask(to_device(cur, feats.device), x.shape[2])
@@ -402,6 +399,53 @@ class CRNN(nn.Module):
         return interpolate_per_clip(
             x, to_device(cur, feats.device), to_device(host_lengths, feats.device), total
         )
+
+    @property
+    def context_frames(self) -> int:
+        """Input frames of context each output of :meth:`conv_frames` reads on either side of
+        its own ``time_reduction`` frames, rounded up to a multiple of ``time_reduction``.
+
+        Each block's conv reaches ``kernel_size // 2`` of its own frames, which are as many
+        input frames as the time pooling before it merged (paper: 1 + 2 + 2 + 4 + 4 = 13 → 16).
+        Cut a long input into pieces that overlap by this much and :meth:`conv_frames` of the
+        pieces, minus their overlap, equals :meth:`conv_frames` of the whole.
+        """
+        reach, rate = 0, 1
+        for _, (time_pool, _) in zip(self.blocks, self.config.pools, strict=True):
+            reach += (self.config.kernel_size // 2) * rate
+            rate *= time_pool
+        step = self.config.time_reduction
+        return -(-reach // step) * step
+
+    def conv_frames(self, feats: torch.Tensor) -> torch.Tensor:
+        """The convolutional part alone: ``feats (B, T, F)``, no padding, ``T ≥ time_reduction``
+        → ``(B, T // time_reduction, C · F')``, what :meth:`recurrent` takes.
+
+        Output frame ``j`` depends on input frames ``j · time_reduction`` to
+        ``(j + 1) · time_reduction - 1`` and :attr:`context_frames` on either side only, so
+        overlapping windows of a long recording can share it (:mod:`acalign.infer.grounding`).
+        """
+        _, total = self._check_features(feats)
+        if total < self.config.time_reduction:
+            raise ModelError(
+                f"CRNN.conv_frames needs at least {self.config.time_reduction} frames, got {total}"
+            )
+        x = feats.unsqueeze(1)
+        if self.blocks[0].conv.weight.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self._conv_stack(x)
+
+    def recurrent(self, x: torch.Tensor, total: int) -> torch.Tensor:
+        """The recurrent part: ``x (B, T', C · F')`` from :meth:`conv_frames` → ``(B, total,
+        out_dim)`` float32, the BiGRU's output interpolated linearly to ``total`` frames."""
+        x = self._run_gru(self.dropout(x).float(), None)
+        return F.interpolate(x.transpose(1, 2), size=total, mode="linear").transpose(1, 2)
+
+    def _conv_stack(self, x: torch.Tensor) -> torch.Tensor:
+        """Blocks without padding: ``(B, 1, T, F)`` → ``(B, T', C · F')``."""
+        for block, pool in zip(self.blocks, self.config.pools, strict=True):
+            x = block(x, None, pool=pool, p=self.config.lp_pool_p)
+        return x.permute(0, 2, 1, 3).flatten(2)
 
     def _check_features(self, feats: torch.Tensor) -> tuple[int, int]:
         """``(B, T)`` of ``feats``; ModelError unless it is ``(B, T, n_mels)``."""
