@@ -7,8 +7,10 @@ second of compute. Peak RSS (``resource.getrusage``) is read in a fresh process 
 15-minute and 60-minute figures show whether memory grows with length.
 
 Without ``--model`` it uses an untrained model of the paper's size (CRNN, 300-d) — same speed
-as a trained one. Variants: batch 1 float32 (what a per-window loop does, the baseline), and
-batches of 16 in float32 / bfloat16, channels-last, with glibc's malloc thresholds raised.
+as a trained one. Variants: batch 1 float32 with each window encoded on its own (what a
+per-window loop does, the baseline), and batches of 16 in float32 / bfloat16, channels-last,
+with glibc's malloc thresholds raised, each window encoded on its own or with overlapping windows
+sharing log-mel and the convolutions (the default since 2026-11-30).
 
     python benchmarks/bench_grounding.py [--model RUN_DIR/model] [--minutes 60 15] [--threads 2]
 """
@@ -29,14 +31,15 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PHRASES = ["a dog barks", "birds chirp", "a dog barks while birds sing"]
-# (name, batch size, bf16, channels-last, malloc tuned)
+# (name, batch size, bf16, channels-last, malloc tuned, windows share their convolutions)
 VARIANTS = [
-    ("fp32, batch 1 (baseline)", 1, False, False, False),
-    ("fp32, batch 16", 16, False, False, False),
-    ("fp32, batch 16, malloc tuned", 16, False, False, True),
-    ("fp32 + channels-last, batch 16, malloc tuned", 16, False, True, True),
-    ("bf16 + channels-last, batch 16", 16, True, True, False),
-    ("bf16 + channels-last, batch 16, malloc tuned", 16, True, True, True),
+    ("fp32, batch 1 (baseline)", 1, False, False, False, False),
+    ("fp32, batch 16", 16, False, False, False, False),
+    ("fp32, batch 16, malloc tuned", 16, False, False, True, False),
+    ("fp32 + channels-last, batch 16, malloc tuned", 16, False, True, True, False),
+    ("fp32 + channels-last, batch 16, malloc tuned, shared convs", 16, False, True, True, True),
+    ("bf16 + channels-last, batch 16, malloc tuned", 16, True, True, True, False),
+    ("bf16 + channels-last, batch 16, malloc tuned, shared convs", 16, True, True, True, True),
 ]
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 1024 * 1024), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
@@ -79,7 +82,7 @@ def run_worker(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     model = load_model(
         spec["model"], bf16=spec["bf16"], channels_last=spec["channels_last"], batch_size=spec["batch"],
-        device=spec.get("device", "cpu"),
+        share_convolutions=spec.get("shared", True), device=spec.get("device", "cpu"),
     )
     warm = Path(spec["warmup"])
     model.ground(warm, PHRASES)
@@ -130,7 +133,7 @@ def main() -> int:
     else:
         variants = [v for v in VARIANTS if not v[2]]
         print("this CPU emulates bf16 (no AVX-512 BF16 / AMX): bf16 variants left out "
-              "(--variants 4 5 runs them)", flush=True)
+              "(--variants 5 6 runs them)", flush=True)
     with tempfile.TemporaryDirectory(prefix="acalign-bench-ground-") as tmp:
         tmp_dir = Path(tmp)
         model = args.model or save_random_model(tmp_dir / "model", dim=300)
@@ -140,10 +143,11 @@ def main() -> int:
         for minutes in args.minutes:
             audio = tmp_dir / f"{minutes:g}min.wav"
             write_recording(audio, minutes=minutes)
-            for name, batch, bf16, channels_last, malloc in variants:
+            for name, batch, bf16, channels_last, malloc, shared in variants:
                 spec = {
                     "model": str(model), "audio": str(audio), "warmup": str(tmp_dir / "warmup.wav"),
                     "threads": args.threads, "batch": batch, "bf16": bf16, "channels_last": channels_last,
+                    "shared": shared,
                 }
                 result = spawn(spec, malloc=malloc)
                 rtf = minutes * 60 / result["seconds"]

@@ -235,6 +235,19 @@ def test_long_recording_windowed_matches_whole_file_within_tolerance(
     np.testing.assert_allclose(streamed, act_windowed, atol=1e-5)
 
 
+def test_windows_encoded_separately_stay_close_to_shared_convolutions(random_paper_model, rng) -> None:
+    wave = scene(41.0, [("dog", 8.5, 9.5)], rng=rng)
+    model = random_paper_model
+    shared = model.embed_audio(wave, sample_rate=RATE)
+    model.share_convolutions = False
+    try:
+        separate = model.embed_audio(wave, sample_rate=RATE)
+    finally:
+        model.share_convolutions = True
+    assert shared.shape == separate.shape == (2051, model.dim)
+    assert 0 < np.abs(shared - separate).max() < 0.02  # the paths differ, but only at window edges
+
+
 def test_bf16_stays_close_to_float32(tmp_path: Path, rng) -> None:
     path = save_band_detector(tmp_path / "m")
     wave = scene(10.0, [("dog", 2.0, 4.0)], rng=rng)
