@@ -90,7 +90,8 @@ def load_model(
         (grounding 60 min on 2 AVX2 cores: 423× instead of 364× real time); results differ
         from the standard layout by float32 rounding only.
     batch_size : int
-        Windows encoded per batch for long recordings.
+        Windows encoded per batch for long recordings; the windows of a batch share their
+        convolutions, so memory grows with it (16 windows: ~2 min of audio at a time).
     share_convolutions : bool
         Overlapping windows of a long recording share log-mel and the convolutions (default;
         see :mod:`acalign.infer.grounding`). False encodes each window on its own, as before
