@@ -250,7 +250,7 @@ def test_windows_encoded_separately_stay_close_to_shared_convolutions(random_pap
 
 def test_bf16_stays_close_to_float32(tmp_path: Path, rng) -> None:
     path = save_band_detector(tmp_path / "m")
-    wave = scene(10.0, [("dog", 2.0, 4.0)], rng=rng)
+    wave = scene(35.0, [("dog", 2.0, 4.0), ("dog", 25.0, 26.0)], rng=rng)  # shared convolutions too
     exact = load_model(path).ground(wave, ["dog"], sample_rate=RATE)[0]
     fast = load_model(path, bf16=True).ground(wave, ["dog"], sample_rate=RATE)[0]
     assert np.abs(exact.activation - fast.activation).max() < 0.05
