@@ -148,6 +148,10 @@ class AcalignModel:
         Default grounding median filter length.
     window_seconds, overlap_seconds : float
         Window geometry for recordings longer than one window (10 s and 2 s by default).
+    batch_size : int
+        Windows encoded together (see :func:`load_model`).
+    share_convolutions : bool
+        Whether overlapping windows share log-mel and the convolutions (see :func:`load_model`).
     """
 
     def __init__(
