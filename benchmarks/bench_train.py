@@ -11,7 +11,8 @@ layout, random 6–12-word captions, v2 manifests for train and a small val spli
     backward + step; clips/s over the epoch; peak RSS;
 (b) acalign — one epoch of ``configs/paper.yaml`` and of ``configs/default.yaml`` through
     :func:`acalign.train.train` (clips/s from its ``EpochThroughput`` callback; peak RSS of the
-    whole process, MiniLM and Lightning included);
+    whole process, MiniLM and Lightning included), and of the paper config with
+    ``low_memory=true`` (freed buffers returned to the OS at once: the memory/speed trade);
 (c) the optimisation candidates on the bare training step (in-memory batch, Aligner + triplet
     loss + Adam): eager fp32, channels-last, bf16 autocast, channels-last + bf16,
     torch.compile + bf16, each with glibc's default malloc thresholds and with them raised;
@@ -617,6 +618,9 @@ def main() -> int:
             contenders.append(("reference", {"kind": "reference"}, {}))
         if "ours" not in args.skip:
             contenders += [(f"ours:{c}", {"kind": "ours", "config": c}, {}) for c in ("paper", "default")]
+            # the memory/speed trade: freed buffers go back to the OS at once
+            contenders.append(("ours:paper:low_memory",
+                               {"kind": "ours", "config": "paper", "sets": {"low_memory": True}}, {}))
         for rep in range(args.repeats):
             for name, spec, env in contenders:
                 spec = dict(spec, data=str(data), threads=threads, run_dir=str(tmp_dir / f"run-{name}-{rep}"))
@@ -702,7 +706,8 @@ def report(results: dict[str, Any], *, args: argparse.Namespace, steps: int, ste
     ]
     names = {"reference": "(a) reference loop: eager fp32, per-item HDF5, word-vector lookup, redraw impostors",
              "ours:paper": "(b) acalign train(), configs/paper.yaml",
-             "ours:default": "(b) acalign train(), configs/default.yaml"}
+             "ours:default": "(b) acalign train(), configs/default.yaml",
+             "ours:paper:low_memory": "(b) acalign train(), configs/paper.yaml, --set low_memory=true"}
     for key, label in names.items():
         outs = results.get(key)
         if not outs:
@@ -756,7 +761,7 @@ def report(results: dict[str, Any], *, args: argparse.Namespace, steps: int, ste
                   + ", ".join(f"{k} {v / 1e9:.1f} G" for k, v in flops["counted_by_op"].items())
                   + f". Matmul peak ({args.threads} threads, 4096²): fp32 "
                   f"{flops['matmul_peak']['fp32'] / 1e9:.0f} GFLOP/s, bf16 {flops['matmul_peak']['bf16'] / 1e9:.0f} GFLOP/s."]
-        for key in ("reference", "ours:paper", "ours:default"):
+        for key in ("reference", "ours:paper", "ours:default", "ours:paper:low_memory"):
             if results.get(key):
                 lines.append(f"  {key}: achieved {3 * fwd / BATCH * _rate(results[key]) / 1e9:.0f} GFLOP/s.")
     for config in ("paper", "default"):
