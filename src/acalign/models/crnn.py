@@ -407,8 +407,9 @@ class CRNN(nn.Module):
 
         Each block's conv reaches ``kernel_size // 2`` of its own frames, which are as many
         input frames as the time pooling before it merged (paper: 1 + 2 + 2 + 4 + 4 = 13 → 16).
-        Cut a long input into pieces that overlap by this much and :meth:`conv_frames` of the
-        pieces, minus their overlap, equals :meth:`conv_frames` of the whole.
+        Cut a long input into pieces that start on multiples of ``time_reduction`` and overlap
+        by this much, and :meth:`conv_frames` of the pieces, minus their overlap, equals
+        :meth:`conv_frames` of the whole (tested).
         """
         reach, rate = 0, 1
         for _, (time_pool, _) in zip(self.blocks, self.config.pools, strict=True):
