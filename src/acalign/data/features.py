@@ -674,7 +674,7 @@ class _ForkedExtractors:
                 if isinstance(error, BaseException):
                     raise error
                 if shape is not None:  # the features are in the task's slot
-                    feats = np.ndarray(shape, np.float32, buffer=self.slots, offset=slot * self.SLOT_BYTES)
+                    feats = _slot_view(self.slots, slot, shape)
                 yield audio_id, feats, error
                 free.append(slot)
                 submit(ready)
@@ -702,6 +702,11 @@ class _ForkedExtractors:
             self.slots.close()
 
 
+def _slot_view(slots: Any, slot: int, shape: tuple[int, ...]) -> np.ndarray:
+    """The float32 array ``shape`` at the start of ``slot`` in the shared mapping (no copy)."""
+    return np.ndarray(shape, np.float32, buffer=slots, offset=slot * _ForkedExtractors.SLOT_BYTES)
+
+
 def _serve_extractions(connection: Any, inherited: list[Any], config: FeatureConfig, slots: Any) -> None:
     """Worker loop of :class:`_ForkedExtractors`: ``(id, path, slot)`` in, ``(id, slot, shape,
     features, error)`` out, until ``None`` or the writer is gone.
@@ -715,7 +720,6 @@ def _serve_extractions(connection: Any, inherited: list[Any], config: FeatureCon
     for end in inherited:
         end.close()
     _init_worker()
-    slot_bytes = _ForkedExtractors.SLOT_BYTES
     while True:
         try:
             job = connection.recv()
@@ -732,9 +736,8 @@ def _serve_extractions(connection: Any, inherited: list[Any], config: FeatureCon
             except Exception:  # noqa: BLE001 - an exception that does not pickle
                 connection.send((audio_id, slot, None, None, RuntimeError(f"{path}: {exc!r}")))
             continue
-        if feats is not None and feats.nbytes <= slot_bytes:
-            view = np.ndarray(feats.shape, np.float32, buffer=slots, offset=slot * slot_bytes)
-            view[...] = feats
+        if feats is not None and feats.nbytes <= _ForkedExtractors.SLOT_BYTES:
+            _slot_view(slots, slot, feats.shape)[...] = feats
             connection.send((audio_id, slot, feats.shape, None, None))
         else:
             connection.send((audio_id, slot, None, feats, error))

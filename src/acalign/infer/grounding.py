@@ -268,7 +268,7 @@ def iter_shared_frames(
     while not ended or pending:
         while not ended and (
             len(pending) <= batch_size
-            or samples.end < _sample_span(list(pending)[:batch_size], encoder, plan, None)[1]
+            or samples.end < _spans(list(pending)[:batch_size], encoder, plan, None)[3]
         ):
             window = next(source, None)
             if window is None:
@@ -290,32 +290,27 @@ def iter_shared_frames(
         ):
             yield from stitcher.add(start, length, frames)
         if pending:
-            samples.drop_before(_sample_span([pending[0]], encoder, plan, total)[0])
+            samples.drop_before(_spans([pending[0]], encoder, plan, total)[2])
     yield from stitcher.finish()
 
 
-def _frame_span(
-    batch: Sequence[tuple[int, int]], encoder: SharedFrontEnd, hop_length: int, total: int | None
-) -> tuple[int, int]:
-    """Feature rows ``[lo, hi)`` the front end needs for ``batch``: its windows plus context."""
-    last_start, last_length = batch[-1]
-    last_rows = (1 + last_length // hop_length) // encoder.reduction * encoder.reduction
-    lo = max(0, batch[0][0] // hop_length - encoder.context)
-    hi = last_start // hop_length + last_rows + encoder.context
-    if total is not None:
-        hi = min(hi, 1 + total // hop_length)
-    return lo, hi
-
-
-def _sample_span(
+def _spans(
     batch: Sequence[tuple[int, int]], encoder: SharedFrontEnd, plan: WindowPlan, total: int | None
-) -> tuple[int, int]:
-    """Samples ``[a, b)`` whose features cover :func:`_frame_span` exactly (a on a frame)."""
-    lo, hi = _frame_span(batch, encoder, plan.hop_length, total)
-    margin = -(-encoder.feature_margin // plan.hop_length)
-    a = max(0, (lo - margin) * plan.hop_length)
-    b = (hi - 1 + margin) * plan.hop_length + 1
-    return a, b if total is None else min(b, total)
+) -> tuple[int, int, int, int]:
+    """``(lo, hi, a, b)``: feature rows ``[lo, hi)`` the front end needs for ``batch`` (its
+    windows plus context), and samples ``[a, b)`` whose features cover them exactly (``a`` on a
+    frame)."""
+    hop = plan.hop_length
+    last_start, last_length = batch[-1]
+    last_rows = (1 + last_length // hop) // encoder.reduction * encoder.reduction
+    lo = max(0, batch[0][0] // hop - encoder.context)
+    hi = last_start // hop + last_rows + encoder.context
+    if total is not None:
+        hi = min(hi, 1 + total // hop)
+    margin = -(-encoder.feature_margin // hop)
+    a = max(0, (lo - margin) * hop)
+    b = (hi - 1 + margin) * hop + 1
+    return lo, hi, a, b if total is None else min(b, total)
 
 
 def _encode_shared(
@@ -327,8 +322,7 @@ def _encode_shared(
 ) -> list[np.ndarray]:
     """Per-window outputs of ``batch`` (consecutive windows), the front end run once."""
     hop = plan.hop_length
-    lo, hi = _frame_span(batch, encoder, hop, total)
-    a, b = _sample_span(batch, encoder, plan, total)
+    lo, hi, a, b = _spans(batch, encoder, plan, total)
     features = encoder.features(samples.read(a, b))
     front = encoder.front(features[lo - a // hop : hi - a // hop])
     first_row = lo // encoder.reduction

@@ -382,8 +382,7 @@ class CRNN(nn.Module):
         x = feats.unsqueeze(1)
         if total < self.config.time_reduction:  # too short to pool: pad (masked) up to one step
             x = F.pad(x, (0, 0, 0, self.config.time_reduction - total))
-        if self.blocks[0].conv.weight.is_contiguous(memory_format=torch.channels_last):
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = self._in_weight_layout(x)
         # Without padding (e.g. a batch of equal 10 s clips) masks, packing and per-clip
         # interpolation are skipped: the plain path computes exactly the same, faster.
         padded = bool((host_lengths < x.shape[2]).any())
@@ -431,10 +430,13 @@ class CRNN(nn.Module):
             raise ModelError(
                 f"CRNN.conv_frames needs at least {self.config.time_reduction} frames, got {total}"
             )
-        x = feats.unsqueeze(1)
+        return self._conv_stack(self._in_weight_layout(feats.unsqueeze(1)))
+
+    def _in_weight_layout(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (B, 1, T, F)`` channels-last when the weights are (set by ``.to(memory_format=...)``)."""
         if self.blocks[0].conv.weight.is_contiguous(memory_format=torch.channels_last):
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self._conv_stack(x)
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def recurrent(self, x: torch.Tensor, total: int) -> torch.Tensor:
         """The recurrent part: ``x (B, T', C · F')`` from :meth:`conv_frames` → ``(B, total,
