@@ -202,8 +202,8 @@ def lp_pool(x: torch.Tensor, *, p: float, size: tuple[int, int]) -> torch.Tensor
 
 def _lp_pool_forward(x: torch.Tensor, p: float, size: tuple[int, int], *, inplace: bool = False) -> torch.Tensor:
     """LP pooling without autograd; ``inplace`` overwrites ``x`` with ``x ** p`` (no copy)."""
-    pooled = F.avg_pool2d(_power(x, p, inplace=inplace), size) * (size[0] * size[1])
-    return pooled.clamp_min(_LP_EPS).pow(1.0 / p)
+    pooled = F.avg_pool2d(_power(x, p, inplace=inplace), size).mul_(size[0] * size[1])
+    return _root_(pooled.clamp_min_(_LP_EPS), p)
 
 
 def _power(x: torch.Tensor, p: float, *, inplace: bool = False) -> torch.Tensor:
@@ -213,6 +213,14 @@ def _power(x: torch.Tensor, p: float, *, inplace: bool = False) -> torch.Tensor:
         out = x.square_() if inplace else x.square()
         return out.square_()
     return x.pow_(p) if inplace else x.pow(p)
+
+
+def _root_(x: torch.Tensor, p: float) -> torch.Tensor:
+    """``x ** (1 / p)`` in place; p = 4 as two square roots (``pow(0.25)`` took 11.7 against
+    2.3 ms on a (32, 32, 250, 16) float32 tensor; the two differ by at most one rounding)."""
+    if p == 4.0:
+        return x.sqrt_().sqrt_()
+    return x.pow_(1.0 / p)
 
 
 class _LPPool(torch.autograd.Function):
@@ -245,7 +253,7 @@ def _scale_by_window(
     kt, kf = size
     batch, channels, t_out, f_out = out.shape
     # Windows floored at _LP_EPS (all-zero padding) pass no gradient, as with clamp_min.
-    live = out.pow(p) > _LP_EPS
+    live = _power(out, p) > _LP_EPS
     scale = torch.where(live, grad_out / out.pow(p - 1.0), torch.zeros_like(out))
     covered = grad[:, :, : t_out * kt, : f_out * kf]
     covered.view(batch, channels, t_out, kt, f_out, kf).mul_(
