@@ -369,6 +369,39 @@ def test_lp_pool_backward_matches_autograd_of_the_plain_formula(shape: tuple[int
     )
 
 
+@pytest.mark.parametrize("padded", [False, True])
+def test_recomputing_the_first_block_gives_the_same_step_and_keeps_less(padded: bool) -> None:
+    """``recompute_first_block`` (low_memory training): same outputs, gradients and BatchNorm
+    statistics, and block 1's conv output is no longer kept for the backward."""
+    torch.manual_seed(0)
+    config = CRNNConfig(channels=(8, 16), pools=((2, 4), (2, 4)), gru_hidden=6)
+    feats = torch.randn(3, 40, 64)
+    lengths = torch.tensor([40, 31, 17]) if padded else None
+    results = []
+    for recompute in (False, True):
+        torch.manual_seed(1)
+        model = CRNN(config).train()
+        model.recompute_first_block = recompute
+        saved: list[int] = []
+
+        def keep(t: torch.Tensor, saved: list[int] = saved) -> torch.Tensor:
+            saved.append(t.numel() * t.element_size())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            out = model(feats, lengths)
+        (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        stats = [b.clone() for b in model.buffers()]
+        results.append((out.detach(), grads, stats, sum(saved)))
+    (out_a, grads_a, stats_a, kept_a), (out_b, grads_b, stats_b, kept_b) = results
+    torch.testing.assert_close(out_b, out_a, rtol=0, atol=0)
+    for a, b in zip(grads_a + stats_a, grads_b + stats_b, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+    first_conv_output = 3 * 8 * 40 * 64 * 4  # (B, C1, T, F) float32
+    assert kept_b <= kept_a - first_conv_output
+
+
 def test_fused_leaky_lp_pool_matches_the_plain_ops_and_refuses_a_second_backward() -> None:
     import torch.nn.functional as F
 

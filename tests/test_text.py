@@ -261,3 +261,28 @@ def test_minilm_release_keeps_the_cache_and_reloads_on_a_miss(minilm):
     assert minilm._backend is None and torch.equal(again, before)
     new, _ = minilm([["rain", "falls"]])  # a miss loads the model again
     assert minilm._backend is not None and new.shape == (1, 2, 384)
+
+
+@needs_minilm
+@pytest.mark.slow  # the child process imports torch and loads the model: 3-8 s
+def test_minilm_precompute_in_a_separate_process_matches_and_never_loads_here(minilm):
+    from acalign.text import MiniLMEncoder
+
+    captions = [["a", "dog", "barks"], ["rain", "falls", "on", "a", "roof"]]
+    expected, _ = minilm(captions)
+    fresh = MiniLMEncoder()
+    fresh.precompute(captions, separate_process=True)
+    assert fresh._backend is None and fresh.n_encoded == 0
+    assert all(fresh.cached(c) for c in captions)
+    got, _ = fresh(captions)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert fresh._backend is None
+
+
+@needs_minilm
+def test_minilm_precompute_in_a_separate_process_reports_a_failed_child(tmp_path):
+    from acalign.text import MiniLMEncoder
+
+    broken = MiniLMEncoder(model_dir=str(tmp_path / "no-model"))
+    with pytest.raises(ModelError, match="the process encoding 1 captions failed.*no-model"):
+        broken.precompute([["a", "dog"]], separate_process=True)

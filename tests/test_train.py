@@ -149,6 +149,17 @@ def test_same_seed_gives_the_same_run(data_dir: Path, tmp_path: Path) -> None:
     assert losses[0] == losses[1]
 
 
+def test_low_memory_recomputes_block_one_and_trains_the_same(data_dir: Path, tmp_path: Path) -> None:
+    losses = []
+    for name, low in (("normal", False), ("low", True)):
+        config = resolve_config(tiny_config(max_epochs=1, low_memory=low))
+        datamodule = AlignDataModule(data_dir, config=config)
+        assert build_model(config, datamodule).audio_encoder.recompute_first_block is low
+        train(config, data_dir, tmp_path / name, trainer_overrides=FAST)
+        losses.append([float(r["val/loss"]) for r in _read_metrics(tmp_path / name) if r.get("val/loss")])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+
+
 @pytest.mark.parametrize("loss", ["infonce", "bce"])
 def test_other_losses_train_and_give_finite_values(loss: str, data_dir: Path, tmp_path: Path) -> None:
     metric = "val/loss" if loss == "bce" else "val/t2a_R@5"

@@ -49,8 +49,12 @@ class TextEncoder(nn.Module, ABC):
         """A JSON-serialisable dict from which :func:`acalign.text.build_text_encoder` rebuilds
         this encoder (weights, where it has any, come from the state dict)."""
 
-    def precompute(self, tokens: Sequence[Sequence[str]]) -> None:
-        """Warm any cache for these captions (a no-op for encoders without one)."""
+    def precompute(self, tokens: Sequence[Sequence[str]], *, separate_process: bool = False) -> None:
+        """Warm any cache for these captions (a no-op for encoders without one).
+
+        ``separate_process``: compute them in a child process, so that what computing them
+        needs (a transformer's weights, its libraries' buffers) never enters this one.
+        """
 
     def release(self) -> None:
         """Free what only uncached captions need (a no-op for encoders without a cache).

@@ -148,15 +148,52 @@ class MiniLMEncoder(TextEncoder):
 
     # ------------------------------------------------------------------ cache
 
-    def precompute(self, tokens: Sequence[Sequence[str]]) -> None:
-        """Encode every caption not yet cached, ``batch_size`` at a time."""
+    def precompute(self, tokens: Sequence[Sequence[str]], *, separate_process: bool = False) -> None:
+        """Encode every caption not yet cached, ``batch_size`` at a time.
+
+        ``separate_process``: in a fresh (spawned) child that hands the vectors back through a
+        temporary cache file. The transformer then never loads here: loading and running it
+        leaves ~70 MB behind in a training process even after :meth:`release`.
+        """
         rows = list(dict.fromkeys(tuple(r) for r in check_tokens(tokens)))
         # Length-sorted batches pad less.
         todo = sorted((r for r in rows if r not in self._cache), key=len)
+        if separate_process and todo:
+            self._precompute_in_child(todo)
+            return
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start : start + self.batch_size]
             for row, vec in zip(chunk, self._encode_batch(chunk), strict=True):
                 self._remember(row, vec)
+
+    def _precompute_in_child(self, rows: list[tuple[str, ...]]) -> None:
+        """Encode ``rows`` in a fresh Python process and add its cache file to ours.
+
+        A plain subprocess, not multiprocessing: spawn would import the caller's ``__main__``
+        again (a training script without a main guard would start over), and a forked child
+        would inherit this process's torch thread pool.
+        """
+        import json
+        import subprocess
+        import sys
+        import tempfile
+
+        spec = dict(self.spec(), cache_size=max(self.cache_size, len(rows)))
+        with tempfile.TemporaryDirectory(prefix="acalign-minilm-") as tmp:
+            job, cache = Path(tmp) / "job.json", Path(tmp) / "cache.pt"
+            job.write_text(json.dumps({"spec": spec, "rows": rows, "out": str(cache)}))
+            code = "import sys; from acalign.text.minilm import _encode_job; _encode_job(sys.argv[1])"
+            done = subprocess.run(
+                [sys.executable, "-c", code, str(job)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            )
+            if done.returncode != 0 or not cache.exists():
+                said = [line for line in done.stderr.splitlines() if line.strip()]
+                raise ModelError(
+                    f"minilm text encoder: the process encoding {len(rows)} captions failed "
+                    f"(exit code {done.returncode}): {said[-1] if said else 'no message'}"
+                )
+            self.load_cache(cache)
 
     def release(self) -> None:
         """Drop the transformer and tokenizer (~130 MB); a cache miss loads them again."""
@@ -246,3 +283,14 @@ class MiniLMEncoder(TextEncoder):
         if self.model_dir is not None:
             spec["model_dir"] = self.model_dir
         return spec
+
+
+def _encode_job(job_path: str) -> None:
+    """Child process of :meth:`MiniLMEncoder.precompute`: encode the job's rows, save the cache."""
+    import json
+
+    job = json.loads(Path(job_path).read_text())
+    options = {k: v for k, v in job["spec"].items() if k != "kind"}
+    encoder = MiniLMEncoder(**options)
+    encoder.precompute([tuple(row) for row in job["rows"]])
+    encoder.save_cache(job["out"])
