@@ -11,7 +11,7 @@ generated PCM16 WAV clips at 44.1 kHz, which both sides must resample. Prints a 
 and appends them to ``benchmarks/results.md``. A measurement, not a test: it asserts nothing
 about speed.
 
-    python benchmarks/bench_features.py [--clips 500] [--data DIR] [--sources corpus generated]
+    python benchmarks/bench_features.py [--clips 500] [--repeats 3] [--data DIR] [--sources corpus generated]
 """
 
 from __future__ import annotations
@@ -54,6 +54,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
                         help=f"where generated clips are kept (default: {DEFAULT_CACHE})")
     parser.add_argument("--workers", type=int, default=None, help="acalign workers (default: all cores)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds of (reference, acalign) per source, interleaved; medians are "
+                             "reported (default: 3)")
     parser.add_argument("--results", type=Path, default=HERE / "results.md",
                         help="markdown file the section is appended to (default: benchmarks/results.md)")
     parser.add_argument("--no-append", action="store_true", help="print only; do not touch results.md")
@@ -192,38 +195,57 @@ def corpus_clips(folder: Path | None, count: int) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in {".wav", ".flac"})[:count]
 
 
-def measure(paths: list[Path], source: str, config, workers: int) -> str:  # noqa: ANN001
-    """Both contenders on ``paths``; the markdown rows and notes."""
+def measure(paths: list[Path], source: str, config, workers: int, repeats: int) -> str:  # noqa: ANN001
+    """Both contenders on ``paths``, ``repeats`` interleaved rounds; the markdown rows and notes.
+
+    Each round runs the reference, then acalign, so drift in the machine's load hits both
+    alike; the ratio is the median of the rounds' own ratios.
+    """
     warm_page_cache(paths)
     load_before = os.getloadavg()[0]
+    rounds = []
     with tempfile.TemporaryDirectory() as tmp:
         ref_out, our_out = Path(tmp) / "reference.h5", Path(tmp) / "acalign.h5"
-        ref_seconds, ref_cpu, ref_stages = run_reference(paths, ref_out, config)
-        our_seconds, our_cpu = run_acalign(paths, our_out, config, workers)
+        for _ in range(max(1, repeats)):
+            ref_seconds, ref_cpu, ref_stages = run_reference(paths, ref_out, config)
+            our_seconds, our_cpu = run_acalign(paths, our_out, config, workers)
+            rounds.append((ref_seconds, ref_cpu, our_seconds, our_cpu, ref_stages))
         diff = max_difference(ref_out, our_out, [p.name for p in paths[:20]])
     stages = profile_acalign_stages(paths[:50], config)
     load_after = os.getloadavg()[0]
 
     n = len(paths)
-    ref_rate, our_rate = n / ref_seconds, n / our_seconds
+    ref_rates = [n / r[0] for r in rounds]
+    our_rates = [n / r[2] for r in rounds]
+    ratios = [ours / ref for ref, ours in zip(ref_rates, our_rates, strict=True)]
+
+    def spread(values: list[float], fmt: str) -> str:
+        middle = format(float(np.median(values)), fmt)
+        return middle if len(values) == 1 else f"{middle} ({format(min(values), fmt)}–{format(max(values), fmt)})"
+
+    def per_clip_ms(index: int) -> str:
+        return spread([1000 * r[index] / n for r in rounds], ".2f")
+
+    ref_stages = {k: float(np.median([r[4][k] for r in rounds])) for k in rounds[0][4]}
     rows = [
         "| approach | clips/s | ms/clip (wall) | CPU ms/clip | ratio (clips/s) |",
         "| --- | --- | --- | --- | --- |",
-        f"| reference: librosa.load + melspectrogram, 1 process | {ref_rate:.1f} | "
-        f"{1000 * ref_seconds / n:.2f} | {1000 * ref_cpu / n:.2f} | 1.00× |",
-        f"| acalign extract_files, {workers} workers + writer | {our_rate:.1f} | "
-        f"{1000 * our_seconds / n:.2f} | {1000 * our_cpu / n:.2f} | {our_rate / ref_rate:.2f}× |",
+        f"| reference: librosa.load + melspectrogram, 1 process | {spread(ref_rates, '.1f')} | "
+        f"{per_clip_ms(0)} | {per_clip_ms(1)} | 1.00× |",
+        f"| acalign extract_files, {workers} workers + writer | {spread(our_rates, '.1f')} | "
+        f"{per_clip_ms(2)} | {per_clip_ms(3)} | {spread(ratios, '.2f')}× |",
     ]
     ref_detail = ", ".join(f"{k} {1000 * v / n:.2f}" for k, v in ref_stages.items())
     our_detail = ", ".join(f"{k} {1000 * v:.2f}" for k, v in stages.items())
     notes = [
         f"- data: {source}; features {config.sample_rate} Hz, {config.n_mels} mels, "
         f"n_fft {config.n_fft}, hop {config.hop_length}",
-        f"- reference stages (ms/clip): {ref_detail}",
+        f"- {len(rounds)} interleaved rounds (reference, then acalign); median (min–max); the "
+        "ratio is the median of each round's own ratio",
+        f"- reference stages (ms/clip, median): {ref_detail}",
         f"- acalign stages in one worker-like process (ms/clip, first 50 clips): {our_detail}",
         f"- max |acalign − reference| over 20 clips: {diff:.2e} (log units)",
-        f"- load average (1 min) before/after: {load_before:.2f} / {load_after:.2f} "
-        "(the machine is shared; one run each)",
+        f"- load average (1 min) before/after: {load_before:.2f} / {load_after:.2f} (the machine is shared)",
     ]
     return "\n".join(rows + [""] + notes)
 
@@ -252,7 +274,7 @@ def main() -> int:
     sections = []
     for source, paths in sources:
         print(f"measuring {source} ...", flush=True)
-        section = measure(paths, source, config, workers)
+        section = measure(paths, source, config, workers, args.repeats)
         print(section + "\n", flush=True)
         sections.append(section)
     if not args.no_append and sections:

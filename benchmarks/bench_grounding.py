@@ -51,6 +51,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--minutes", type=float, nargs="+", default=[60.0, 15.0], help="recording lengths")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     parser.add_argument("--variants", type=int, nargs="+", default=None, help="indices into the variant list")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds over the variants per length, interleaved; medians are reported "
+                             "(default: 3)")
     parser.add_argument("--results", type=Path, default=HERE / "results.md", help="markdown file to append to")
     parser.add_argument("--no-append", action="store_true", help="print only; do not touch results.md")
     parser.add_argument("--worker", type=str, default=None, help=argparse.SUPPRESS)
@@ -143,26 +146,43 @@ def main() -> int:
         for minutes in args.minutes:
             audio = tmp_dir / f"{minutes:g}min.wav"
             write_recording(audio, minutes=minutes)
-            for name, batch, bf16, channels_last, malloc, shared in variants:
-                spec = {
-                    "model": str(model), "audio": str(audio), "warmup": str(tmp_dir / "warmup.wav"),
-                    "threads": args.threads, "batch": batch, "bf16": bf16, "channels_last": channels_last,
-                    "shared": shared,
-                }
-                result = spawn(spec, malloc=malloc)
-                rtf = minutes * 60 / result["seconds"]
-                per_cpu = minutes * 60 / result["cpu_seconds"]
-                rows.append((name, minutes, result["seconds"], rtf, per_cpu, result["load"],
-                             result["rss_ready_mb"], result["rss_peak_mb"]))
-                print(f"{name:<46} {minutes:>5g} min  {result['seconds']:7.2f} s  {rtf:7.0f}x  "
-                      f"{per_cpu:6.0f} s/CPU-s  load {result['load']:.1f}  "
-                      f"RSS ready {result['rss_ready_mb']:6.0f} MB  peak {result['rss_peak_mb']:6.0f} MB", flush=True)
+            measured: dict[str, list[dict]] = {}
+            for _ in range(max(1, args.repeats)):  # rounds over all variants: drift hits each alike
+                for name, batch, bf16, channels_last, malloc, shared in variants:
+                    spec = {
+                        "model": str(model), "audio": str(audio), "warmup": str(tmp_dir / "warmup.wav"),
+                        "threads": args.threads, "batch": batch, "bf16": bf16,
+                        "channels_last": channels_last, "shared": shared,
+                    }
+                    result = spawn(spec, malloc=malloc)
+                    measured.setdefault(name, []).append(result)
+                    print(f"{name:<46} {minutes:>5g} min  {result['seconds']:7.2f} s  "
+                          f"{minutes * 60 / result['seconds']:7.0f}x  "
+                          f"{minutes * 60 / result['cpu_seconds']:6.0f} s/CPU-s  load {result['load']:.1f}  "
+                          f"RSS ready {result['rss_ready_mb']:6.0f} MB  peak {result['rss_peak_mb']:6.0f} MB",
+                          flush=True)
+            rows += [summarise(name, minutes, results) for name, results in measured.items()]
     table = format_table(rows, model_name=model_name, threads=args.threads)
     print("\n" + table)
     if not args.no_append:
         with open(args.results, "a") as handle:
             handle.write("\n" + table)
     return 0
+
+
+def summarise(name: str, minutes: float, results: list[dict]) -> tuple:
+    """One table row from a variant's rounds: median time, real-time factor as median (min–max),
+    the highest peak RSS."""
+    import statistics
+
+    audio_seconds = minutes * 60
+    factors = [audio_seconds / r["seconds"] for r in results]
+    factor = f"{statistics.median(factors):.0f}x"
+    if len(factors) > 1:
+        factor += f" ({min(factors):.0f}–{max(factors):.0f})"
+    return (name, minutes, statistics.median(r["seconds"] for r in results), factor,
+            statistics.median(audio_seconds / r["cpu_seconds"] for r in results), results[-1]["load"],
+            statistics.median(r["rss_ready_mb"] for r in results), max(r["rss_peak_mb"] for r in results))
 
 
 def format_table(rows: list[tuple], *, model_name: str, threads: int) -> str:
@@ -175,13 +195,15 @@ def format_table(rows: list[tuple], *, model_name: str, threads: int) -> str:
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible. "
         "Time covers decoding, features, encoder, activations and segments. The machine is shared: "
         "'load' is the 1-minute load average at the end of the run (2 means both cores busy); "
-        "audio seconds per CPU-second is less sensitive to other processes than wall time.",
+        "audio seconds per CPU-second is less sensitive to other processes than wall time. "
+        "Each variant ran once per round, rounds interleaved: times are medians, the real-time "
+        "factor is median (min–max), the peak RSS the highest of the rounds.",
         "",
         "| variant | audio | seconds | real-time factor | audio s per CPU-s | load | RSS after warm-up | peak RSS |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     lines += [
-        f"| {name} | {minutes:g} min | {seconds:.2f} | {rtf:.0f}x | {per_cpu:.0f} | {load:.1f} "
+        f"| {name} | {minutes:g} min | {seconds:.2f} | {rtf} | {per_cpu:.0f} | {load:.1f} "
         f"| {ready:.0f} MB | {peak:.0f} MB |"
         for name, minutes, seconds, rtf, per_cpu, load, ready, peak in rows
     ]
