@@ -187,7 +187,10 @@ class ConvBlock(nn.Module):
         if torch.is_grad_enabled() and normed.requires_grad:
             if recompute:
                 # The BatchNorm stays outside: run twice, it would update its statistics twice.
-                return checkpoint(self._conv_lp_pool, normed, pool, p, use_reentrant=False)
+                # Nothing inside draws random numbers, so no RNG state needs saving.
+                return checkpoint(
+                    self._conv_lp_pool, normed, pool, p, use_reentrant=False, preserve_rng_state=False
+                )
             return self._conv_lp_pool(normed, pool, p)
         # Inference: LeakyReLU and the powers of the LP pool in place on our own conv output.
         return _lp_pool_forward(self.act(self.conv(normed)), float(p), pool, inplace=True)
