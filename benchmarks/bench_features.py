@@ -35,6 +35,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
+from common import positive_int  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "acalign-bench-features"
 DEFAULT_CORPUS = HERE.parent / "runs" / "demo" / "corpus" / "audio" / "train"
@@ -54,7 +56,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
                         help=f"where generated clips are kept (default: {DEFAULT_CACHE})")
     parser.add_argument("--workers", type=int, default=None, help="acalign workers (default: all cores)")
-    parser.add_argument("--repeats", type=int, default=3,
+    parser.add_argument("--repeats", type=positive_int, default=3,
                         help="rounds of (reference, acalign) per source, interleaved; medians are "
                              "reported (default: 3)")
     parser.add_argument("--results", type=Path, default=HERE / "results.md",
@@ -206,7 +208,7 @@ def measure(paths: list[Path], source: str, config, workers: int, repeats: int) 
     rounds = []
     with tempfile.TemporaryDirectory() as tmp:
         ref_out, our_out = Path(tmp) / "reference.h5", Path(tmp) / "acalign.h5"
-        for _ in range(max(1, repeats)):
+        for _ in range(repeats):
             ref_seconds, ref_cpu, ref_stages = run_reference(paths, ref_out, config)
             our_seconds, our_cpu = run_acalign(paths, our_out, config, workers)
             rounds.append((ref_seconds, ref_cpu, our_seconds, our_cpu, ref_stages))

@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import positive_int
+
 HERE = Path(__file__).resolve().parent
 PHRASES = ["a dog barks", "birds chirp", "a dog barks while birds sing"]
 # (name, batch size, bf16, channels-last, malloc tuned, windows share their convolutions)
@@ -51,7 +53,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--minutes", type=float, nargs="+", default=[60.0, 15.0], help="recording lengths")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     parser.add_argument("--variants", type=int, nargs="+", default=None, help="indices into the variant list")
-    parser.add_argument("--repeats", type=int, default=3,
+    parser.add_argument("--repeats", type=positive_int, default=3,
                         help="rounds over the variants per length, interleaved; medians are reported "
                              "(default: 3)")
     parser.add_argument("--results", type=Path, default=HERE / "results.md", help="markdown file to append to")
@@ -147,7 +149,7 @@ def main() -> int:
             audio = tmp_dir / f"{minutes:g}min.wav"
             write_recording(audio, minutes=minutes)
             measured: dict[str, list[dict]] = {}
-            for _ in range(max(1, args.repeats)):  # rounds over all variants: drift hits each alike
+            for _ in range(args.repeats):  # rounds over all variants: drift hits each alike
                 for name, batch, bf16, channels_last, malloc, shared in variants:
                     spec = {
                         "model": str(model), "audio": str(audio), "warmup": str(tmp_dir / "warmup.wav"),

@@ -93,6 +93,16 @@ def peak_rss_mb() -> float:
     return peak / 1024 if sys.platform.startswith("linux") else peak / 1024 / 1024
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    import argparse
+
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def median(values: Sequence[float]) -> float:
     """Median of a non-empty sequence."""
     return float(statistics.median(values))

@@ -398,8 +398,22 @@ def test_recomputing_the_first_block_gives_the_same_step_and_keeps_less(padded: 
     torch.testing.assert_close(out_b, out_a, rtol=0, atol=0)
     for a, b in zip(grads_a + stats_a, grads_b + stats_b, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+    # The outer hook stops seeing what the checkpoint keeps inside: this shows that block 1's
+    # conv output is no longer saved by the graph, not by how much the peak drops.
     first_conv_output = 3 * 8 * 40 * 64 * 4  # (B, C1, T, F) float32
     assert kept_b <= kept_a - first_conv_output
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_a_frozen_first_batchnorm_still_trains_the_conv(recompute: bool) -> None:
+    """Block 1's BatchNorm output needs no gradient when it is frozen; its conv still does."""
+    torch.manual_seed(0)
+    model = CRNN(CRNNConfig(channels=(8, 16), pools=((2, 4), (2, 4)), gru_hidden=6)).train()
+    model.recompute_first_block = recompute
+    model.blocks[0].norm.requires_grad_(False)
+    model(torch.randn(2, 40, 64)).sum().backward()
+    assert model.blocks[0].conv.weight.grad is not None
+    assert bool(model.blocks[0].conv.weight.grad.abs().sum() > 0)
 
 
 def test_fused_leaky_lp_pool_matches_the_plain_ops_and_refuses_a_second_backward() -> None:

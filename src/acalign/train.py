@@ -124,7 +124,8 @@ class TrainConfig:
             :func:`acalign.runtime.limit_malloc_retention`), recompute block 1's conv output in
             the backward instead of keeping it (``CRNN.recompute_first_block``) and encode the
             captions of a frozen text encoder in a child process. fp32 on 2 AVX2 cores, paper
-            config: peak 1.47 GB → 0.98 GB, 16.6 → 11.2-11.7 clips/s. Overrides ``tune_malloc``.
+            config (medians of 3 runs): peak 1496 → 982 MiB, 15.6 → 11.8 clips/s. Overrides
+            ``tune_malloc``.
         grad_clip: gradient-norm clipping; None = off.
         log_every_n_steps: training-loss logging interval.
     """

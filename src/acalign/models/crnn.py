@@ -184,7 +184,7 @@ class ConvBlock(nn.Module):
         normed = self.norm(x, valid)
         if pool == (1, 1):
             return self.act(self.conv(normed))
-        if torch.is_grad_enabled() and normed.requires_grad:
+        if torch.is_grad_enabled() and (normed.requires_grad or self.conv.weight.requires_grad):
             if recompute:
                 # The BatchNorm stays outside: run twice, it would update its statistics twice.
                 # Nothing inside draws random numbers, so no RNG state needs saving.
@@ -192,7 +192,8 @@ class ConvBlock(nn.Module):
                     self._conv_lp_pool, normed, pool, p, use_reentrant=False, preserve_rng_state=False
                 )
             return self._conv_lp_pool(normed, pool, p)
-        # Inference: LeakyReLU and the powers of the LP pool in place on our own conv output.
+        # No gradient needed: LeakyReLU and the powers of the LP pool in place on our own conv
+        # output.
         return _lp_pool_forward(self.act(self.conv(normed)), float(p), pool, inplace=True)
 
     def _conv_lp_pool(self, normed: torch.Tensor, pool: tuple[int, int], p: float) -> torch.Tensor:

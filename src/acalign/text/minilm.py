@@ -151,8 +151,8 @@ class MiniLMEncoder(TextEncoder):
     def precompute(self, tokens: Sequence[Sequence[str]], *, separate_process: bool = False) -> None:
         """Encode every caption not yet cached, ``batch_size`` at a time.
 
-        ``separate_process``: in a fresh (spawned) child that hands the vectors back through a
-        temporary cache file. The transformer then never loads here: loading and running it
+        ``separate_process``: in a fresh ``python`` subprocess (as many torch threads as here)
+        that hands the vectors back through a temporary cache file. The transformer then never loads here: loading and running it
         leaves ~70 MB behind in a training process even after :meth:`release`.
         """
         rows = list(dict.fromkeys(tuple(r) for r in check_tokens(tokens)))
@@ -178,15 +178,28 @@ class MiniLMEncoder(TextEncoder):
         import sys
         import tempfile
 
+        import acalign
+
         spec = dict(self.spec(), cache_size=max(self.cache_size, len(rows)))
+        # The child imports this very copy of acalign, even one put on sys.path by hand.
+        source_root = str(Path(acalign.__file__).resolve().parents[1])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [source_root, env.get("PYTHONPATH")]))
         with tempfile.TemporaryDirectory(prefix="acalign-minilm-") as tmp:
             job, cache = Path(tmp) / "job.json", Path(tmp) / "cache.pt"
-            job.write_text(json.dumps({"spec": spec, "rows": rows, "out": str(cache)}))
+            job.write_text(json.dumps(
+                {"spec": spec, "rows": rows, "out": str(cache), "threads": torch.get_num_threads()}
+            ))
             code = "import sys; from acalign.text.minilm import _encode_job; _encode_job(sys.argv[1])"
-            done = subprocess.run(
-                [sys.executable, "-c", code, str(job)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            )
+            try:
+                done = subprocess.run(
+                    [sys.executable, "-c", code, str(job)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                )
+            except OSError as exc:
+                raise ModelError(
+                    f"minilm text encoder: cannot start a process to encode captions ({exc})"
+                ) from None
             if done.returncode != 0 or not cache.exists():
                 said = [line for line in done.stderr.splitlines() if line.strip()]
                 raise ModelError(
@@ -290,6 +303,7 @@ def _encode_job(job_path: str) -> None:
     import json
 
     job = json.loads(Path(job_path).read_text())
+    torch.set_num_threads(int(job["threads"]))
     options = {k: v for k, v in job["spec"].items() if k != "kind"}
     encoder = MiniLMEncoder(**options)
     encoder.precompute([tuple(row) for row in job["rows"]])
