@@ -404,6 +404,23 @@ def test_recomputing_the_first_block_gives_the_same_step_and_keeps_less(padded: 
     assert kept_b <= kept_a - first_conv_output
 
 
+@pytest.mark.parametrize("padded", [False, True])
+def test_a_frame_map_before_the_interpolation_equals_mapping_its_output(padded: bool) -> None:
+    """The aligner projects the CRNN's pooled frames before they are interpolated back: an
+    affine map commutes with the interpolation, so this must equal projecting every frame."""
+    torch.manual_seed(0)
+    model = CRNN(CRNNConfig(channels=(8, 16), pools=((2, 4), (2, 4)), gru_hidden=6)).eval()
+    project = torch.nn.Linear(12, 5)
+    feats = torch.randn(3, 41, 64)
+    lengths = torch.tensor([41, 30, 9]) if padded else torch.tensor([41, 41, 41])
+    with torch.no_grad():
+        early = model(feats, lengths, frame_map=project)
+        late = project(model(feats, lengths))
+    valid = valid_mask(lengths, 41)
+    torch.testing.assert_close(early[valid], late[valid], rtol=1e-5, atol=1e-6)
+    assert early.shape == (3, 41, 5) and bool((early[~valid] == 0).all())
+
+
 @pytest.mark.parametrize("recompute", [False, True])
 def test_a_frozen_first_batchnorm_still_trains_the_conv(recompute: bool) -> None:
     """Block 1's BatchNorm output needs no gradient when it is frozen; its conv still does."""

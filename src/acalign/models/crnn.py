@@ -18,6 +18,7 @@ runs on packed sequences, and each clip is interpolated with its own length.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,8 @@ from torch.utils.checkpoint import checkpoint
 
 from acalign.errors import ModelError
 from acalign.tensors import to_device
+
+FrameMap = Callable[[torch.Tensor], torch.Tensor]
 
 # Keeps LP pooling's p-th root differentiable where a window is all zeros (padding); its
 # effect on real windows is below 1e-5 in the output.
@@ -387,17 +390,27 @@ class CRNN(nn.Module):
         """Output size per frame (``2 * gru_hidden``)."""
         return self.config.out_dim
 
-    def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        feats: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        *,
+        frame_map: FrameMap | None = None,
+    ) -> torch.Tensor:
         """Encode a padded batch.
 
         Args:
             feats: ``(B, T, F)`` log-mel features, ``F = n_mels``; values past a clip's length
                 are ignored whatever they are.
             lengths: ``(B,)`` valid frames per clip (None = all ``T``).
+            frame_map: an affine map of each frame (e.g. the aligner's projection), applied to
+                the BiGRU's pooled-rate frames before they are interpolated back to ``T``:
+                interpolation weights sum to one, so this equals mapping the interpolated
+                frames, on ``time_reduction`` times fewer rows.
 
         Returns:
-            ``(B, T, out_dim)`` frame embeddings (not normalised), zeros past each length.
-            Float32, also under autocast.
+            ``(B, T, out_dim)`` frame embeddings (not normalised; ``frame_map``'s size when
+            given), zeros past each length. Float32, also under autocast.
         """
         batch, total = self._check_features(feats)
         # Lengths are checked and the padding decision made on the host, so that a GPU batch
@@ -416,14 +429,14 @@ class CRNN(nn.Module):
         # interpolation are skipped: the plain path computes exactly the same, faster.
         padded = bool((host_lengths < x.shape[2]).any())
         if not padded:
-            return self.recurrent(self._conv_stack(x), total)
+            return self.recurrent(self._conv_stack(x), total, frame_map=frame_map)
         cur = host_lengths
         for block, pool in zip(self.blocks, self.config.pools, strict=True):
             valid = valid_mask(to_device(cur, feats.device), x.shape[2])
             x = block(x, valid, pool=pool, p=self.config.lp_pool_p, recompute=self._recomputes(block))
             cur = pooled_lengths(cur, pool[0])
         x = x.permute(0, 2, 1, 3).flatten(2)  # (B, T', C * F')
-        x = self._run_gru(self.dropout(x).float(), cur)
+        x = _mapped(self._run_gru(self.dropout(x).float(), cur), frame_map)
         return interpolate_per_clip(
             x, to_device(cur, feats.device), to_device(host_lengths, feats.device), total
         )
@@ -471,10 +484,13 @@ class CRNN(nn.Module):
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def recurrent(self, x: torch.Tensor, total: int) -> torch.Tensor:
+    def recurrent(
+        self, x: torch.Tensor, total: int, *, frame_map: FrameMap | None = None
+    ) -> torch.Tensor:
         """The recurrent part: ``x (B, T', C · F')`` from :meth:`conv_frames` → ``(B, total,
-        out_dim)`` float32, the BiGRU's output interpolated linearly to ``total`` frames."""
-        x = self._run_gru(self.dropout(x).float(), None)
+        out_dim)`` float32, the BiGRU's output (mapped by ``frame_map``, see :meth:`forward`)
+        interpolated linearly to ``total`` frames."""
+        x = _mapped(self._run_gru(self.dropout(x).float(), None), frame_map)
         return F.interpolate(x.transpose(1, 2), size=total, mode="linear").transpose(1, 2)
 
     def _conv_stack(self, x: torch.Tensor) -> torch.Tensor:
@@ -515,6 +531,11 @@ class CRNN(nn.Module):
             out, _ = self.gru(packed)
             out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
         return out
+
+
+def _mapped(frames: torch.Tensor, frame_map: FrameMap | None) -> torch.Tensor:
+    """``frame_map(frames)`` in float32 (a linear map under autocast gives bfloat16)."""
+    return frames if frame_map is None else frame_map(frames).float()
 
 
 def count_parameters(module: nn.Module) -> int:
