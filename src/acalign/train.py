@@ -124,7 +124,7 @@ class TrainConfig:
             :func:`acalign.runtime.limit_malloc_retention`), recompute block 1's conv output in
             the backward instead of keeping it (``CRNN.recompute_first_block``) and encode the
             captions of a frozen text encoder in a child process. fp32 on 2 AVX2 cores, paper
-            config (medians of 3 runs): peak 1496 → 982 MiB, 15.6 → 11.8 clips/s. Overrides
+            config (medians of 3 runs): peak 1517 → 968 MiB, 16.4 → 11.8 clips/s. Overrides
             ``tune_malloc``.
         grad_clip: gradient-norm clipping; None = off.
         log_every_n_steps: training-loss logging interval.
