@@ -152,8 +152,9 @@ class MiniLMEncoder(TextEncoder):
         """Encode every caption not yet cached, ``batch_size`` at a time.
 
         ``separate_process``: in a fresh ``python`` subprocess (as many torch threads as here)
-        that hands the vectors back through a temporary cache file. The transformer then never loads here: loading and running it
-        leaves ~70 MB behind in a training process even after :meth:`release`.
+        that hands the vectors back through a temporary cache file. The transformer then never
+        loads here: loading and running it leaves ~70 MB behind in a training process even
+        after :meth:`release`.
         """
         rows = list(dict.fromkeys(tuple(r) for r in check_tokens(tokens)))
         # Length-sorted batches pad less.
