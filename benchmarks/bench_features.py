@@ -35,7 +35,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
-from common import positive_int  # noqa: E402
+from common import median, median_with_range, positive_int  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "acalign-bench-features"
@@ -221,21 +221,17 @@ def measure(paths: list[Path], source: str, config, workers: int, repeats: int) 
     our_rates = [n / r[2] for r in rounds]
     ratios = [ours / ref for ref, ours in zip(ref_rates, our_rates, strict=True)]
 
-    def spread(values: list[float], fmt: str) -> str:
-        middle = format(float(np.median(values)), fmt)
-        return middle if len(values) == 1 else f"{middle} ({format(min(values), fmt)}–{format(max(values), fmt)})"
-
     def per_clip_ms(index: int) -> str:
-        return spread([1000 * r[index] / n for r in rounds], ".2f")
+        return median_with_range([1000 * r[index] / n for r in rounds], ".2f")
 
-    ref_stages = {k: float(np.median([r[4][k] for r in rounds])) for k in rounds[0][4]}
+    ref_stages = {k: median([r[4][k] for r in rounds]) for k in rounds[0][4]}
     rows = [
         "| approach | clips/s | ms/clip (wall) | CPU ms/clip | ratio (clips/s) |",
         "| --- | --- | --- | --- | --- |",
-        f"| reference: librosa.load + melspectrogram, 1 process | {spread(ref_rates, '.1f')} | "
+        f"| reference: librosa.load + melspectrogram, 1 process | {median_with_range(ref_rates, '.1f')} | "
         f"{per_clip_ms(0)} | {per_clip_ms(1)} | 1.00× |",
-        f"| acalign extract_files, {workers} workers + writer | {spread(our_rates, '.1f')} | "
-        f"{per_clip_ms(2)} | {per_clip_ms(3)} | {spread(ratios, '.2f')}× |",
+        f"| acalign extract_files, {workers} workers + writer | {median_with_range(our_rates, '.1f')} | "
+        f"{per_clip_ms(2)} | {per_clip_ms(3)} | {median_with_range(ratios, '.2f')}× |",
     ]
     ref_detail = ", ".join(f"{k} {1000 * v / n:.2f}" for k, v in ref_stages.items())
     our_detail = ", ".join(f"{k} {1000 * v:.2f}" for k, v in stages.items())

@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import positive_int
+from common import median, median_with_range, positive_int
 
 HERE = Path(__file__).resolve().parent
 PHRASES = ["a dog barks", "birds chirp", "a dog barks while birds sing"]
@@ -175,16 +175,11 @@ def main() -> int:
 def summarise(name: str, minutes: float, results: list[dict]) -> tuple:
     """One table row from a variant's rounds: median time, real-time factor as median (min–max),
     the highest peak RSS."""
-    import statistics
-
     audio_seconds = minutes * 60
-    factors = [audio_seconds / r["seconds"] for r in results]
-    factor = f"{statistics.median(factors):.0f}x"
-    if len(factors) > 1:
-        factor += f" ({min(factors):.0f}–{max(factors):.0f})"
-    return (name, minutes, statistics.median(r["seconds"] for r in results), factor,
-            statistics.median(audio_seconds / r["cpu_seconds"] for r in results), results[-1]["load"],
-            statistics.median(r["rss_ready_mb"] for r in results), max(r["rss_peak_mb"] for r in results))
+    factor = median_with_range([audio_seconds / r["seconds"] for r in results], ".0f", unit="x")
+    return (name, minutes, median([r["seconds"] for r in results]), factor,
+            median([audio_seconds / r["cpu_seconds"] for r in results]), results[-1]["load"],
+            median([r["rss_ready_mb"] for r in results]), max(r["rss_peak_mb"] for r in results))
 
 
 def format_table(rows: list[tuple], *, model_name: str, threads: int) -> str:

@@ -120,6 +120,14 @@ def time_call(fn: Callable[[], Any], *, repeats: int = 3, warmup: int = 1) -> tu
     return median(times), times
 
 
+def median_with_range(values: Sequence[float], fmt: str, *, unit: str = "") -> str:
+    """``median{unit} (min–max)`` of the values in ``fmt``; the median alone for one value."""
+    text = f"{median(values):{fmt}}{unit}"
+    if len(values) > 1:
+        text += f" ({min(values):{fmt}}–{max(values):{fmt}})"
+    return text
+
+
 def spread(values: Sequence[float]) -> str:
     """``min–max`` of the values, for the tables (how noisy the median is)."""
     return f"{min(values):.3g}–{max(values):.3g}"
