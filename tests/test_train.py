@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -269,6 +271,21 @@ def test_cli_trains_with_trainer_flags(data_dir: Path, tmp_path: Path) -> None:
     assert (tmp_path / "run" / "model" / "acalign.json").is_file()
 
 
+def test_cli_prints_each_lightning_message_once_without_tips(data_dir: Path, tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_config()))
+    argv = [
+        sys.executable, "-m", "acalign", "train", "--config", str(config), "--data", str(data_dir),
+        "--out", str(tmp_path / "run"), "--max-epochs", "1", "--accelerator", "cpu", "--no-progress",
+        "--trainer", "limit_train_batches=1",
+    ]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    output = done.stdout + done.stderr
+    assert output.count("GPU available:") == 1, output
+    assert "Tip:" not in output and "LeafSpec" not in output, output
+
+
 @pytest.mark.slow
 def test_two_process_ddp_trains_and_exports_with_no_code_change(data_dir: Path, tmp_path: Path) -> None:
     overrides = {**FAST, "accelerator": "cpu", "devices": 2, "strategy": "ddp_spawn"}
@@ -282,8 +299,6 @@ def test_two_process_ddp_trains_and_exports_with_no_code_change(data_dir: Path, 
 def test_a_killed_run_resumes_from_its_last_checkpoint(data_dir: Path, tmp_path: Path) -> None:
     import os
     import signal
-    import subprocess
-    import sys
     import time
 
     config = tmp_path / "c.yaml"

@@ -35,6 +35,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -63,6 +64,33 @@ from acalign.models.losses import LogitScale, frame_bce_loss, info_nce_loss, tri
 from acalign.runtime import cpu_has_native_bf16, limit_malloc_retention, tune_malloc
 
 log = logging.getLogger(__name__)
+
+
+class _DropLightningTips(logging.Filter):
+    """Drop Lightning's product tips ("💡 Tip: ... try installing litlogger"): advertising,
+    not information about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡")
+
+
+def _tidy_lightning_logging() -> None:
+    """Print each of Lightning's messages once.
+
+    The top-level ``lightning`` package gives its logger a console handler of its own and still
+    lets records propagate, while ``lightning.pytorch`` leaves them to the root logger when that
+    has handlers (our CLI's, or a user's ``logging.basicConfig``): every message came out twice.
+    Where the root logger has handlers, Lightning's own console handler is dropped.
+    """
+    import lightning
+
+    if logging.getLogger().hasHandlers():
+        console = getattr(lightning, "_console", None)
+        if console is not None:
+            logging.getLogger("lightning").removeHandler(console)
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropLightningTips) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropLightningTips())
 
 LOSSES = ("triplet", "infonce", "bce")
 PRECISIONS = ("auto", "32", "32-true", "bf16-mixed", "bf16-true", "16-mixed")
@@ -745,13 +773,18 @@ def train(
     module = AlignModule(aligner, config)
     if config.compile:
         aligner.audio_encoder.compile()
+    _tidy_lightning_logging()
     trainer = build_trainer(config, run_dir, trainer_overrides)
     if trainer.is_global_zero:
         atomic_write_yaml(run_dir / "config.yaml", to_dict(config))
     csv_log = run_dir / "logs" / "csv" / "metrics.csv"
     if ckpt_path is not None and trainer.is_global_zero:
         _stash_csv(csv_log)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    with warnings.catch_warnings():
+        # Lightning's own use of a class torch deprecated; nothing our users can act on.
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                                category=FutureWarning)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     if trainer.is_global_zero:
         _unstash_csv(csv_log)
     model_dir = run_dir / "model"
