@@ -104,8 +104,8 @@ def bench_training(tmp: Path, args: argparse.Namespace) -> list[str]:
     ref_rate = ref["clips_per_s"]
     split = {k: 1000 * median(v) for k, v in ref["batch_times"].items()}
     print(f"reference: {ref_rate:.0f} clips/s; per batch ms {split}", flush=True)
-    rows = [f"| (a) reference loop, eager fp32 | {ref_rate:.0f} | 1.00× | {ref['gpu_mb'] or 0:.0f} | "
-            f"{ref['rss_mb']:.0f} |"]
+    rows = [f"| (a) reference loop, eager fp32 | {ref_rate:.0f} | 1.00× | {ref['gpu_mib'] or 0:.0f} | "
+            f"{ref['rss_mib']:.0f} |"]
     for label, config, precision, channels_last, workers, other in TRAIN_VARIANTS:
         spec = {"kind": "ours", "config": config, "data": str(data), "threads": args.threads,
                 "epochs": args.epochs, "run_dir": str(tmp / f"run-{len(rows)}"),
@@ -123,14 +123,14 @@ def bench_training(tmp: Path, args: argparse.Namespace) -> list[str]:
         rate = median(later)
         print(f"{label}: epochs {[round(r) for r in out['epoch_rates']]} clips/s", flush=True)
         rows.append(f"| (b) train(), {label} | {rate:.0f} | {rate / ref_rate:.2f}× | "
-                    f"{out['gpu_mb'] or 0:.0f} | {out['rss_mb']:.0f} |")
+                    f"{out['gpu_mib'] or 0:.0f} | {out['rss_mib']:.0f} |")
     header = [
         f"{args.clips} generated 10 s clips, batch 32, {args.threads} CPU threads; (b): median clips/s "
         f"of epochs 2–{args.epochs} (epoch 1 warms cuDNN up); frozen random 300-d word vectors as "
         "the text encoder. (a) per batch (median): "
         + ", ".join(f"{k} {v:.1f} ms" for k, v in split.items()) + ".",
         "",
-        "| training | clips/s | vs (a) | peak GPU MB | peak RSS MB |",
+        "| training | clips/s | vs (a) | peak GPU MiB | peak RSS MiB |",
         "| --- | --- | --- | --- | --- |",
     ]
     return header + rows
@@ -148,7 +148,7 @@ def bench_grounding_gpu(tmp: Path, args: argparse.Namespace) -> list[str]:
         f"One {args.minutes:g}-minute 32 kHz WAV, {len(bench_grounding.PHRASES)} phrases; time covers "
         "decoding (CPU), log-mel, encoder, activations and segments.",
         "",
-        "| variant | seconds | real-time factor | peak GPU MB | peak RSS MB |",
+        "| variant | seconds | real-time factor | peak GPU MiB | peak RSS MiB |",
         "| --- | --- | --- | --- | --- |",
     ]
     for label, bf16, channels_last, batch in GROUND_VARIANTS:
@@ -159,7 +159,7 @@ def bench_grounding_gpu(tmp: Path, args: argparse.Namespace) -> list[str]:
         rtf = args.minutes * 60 / out["seconds"]
         print(f"{label}: {out['seconds']:.2f} s, {rtf:.0f}x", flush=True)
         lines.append(f"| {label} | {out['seconds']:.2f} | {rtf:.0f}× | {out['gpu_peak_mb'] or 0:.0f} | "
-                     f"{out['rss_peak_mb']:.0f} |")
+                     f"{out['rss_peak_mib']:.0f} |")
     return lines
 
 

@@ -102,7 +102,7 @@ def run_worker(spec: dict) -> dict:
     gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_initialized() else None
     return {
         "seconds": seconds, "cpu_seconds": cpu, "frames": frames, "gpu_peak_mb": gpu,
-        "rss_ready_mb": rss_ready, "rss_peak_mb": rss_peak, "load": os.getloadavg()[0],
+        "rss_ready_mib": rss_ready, "rss_peak_mib": rss_peak, "load": os.getloadavg()[0],
     }
 
 
@@ -161,7 +161,7 @@ def main() -> int:
                     print(f"{name:<46} {minutes:>5g} min  {result['seconds']:7.2f} s  "
                           f"{minutes * 60 / result['seconds']:7.0f}x  "
                           f"{minutes * 60 / result['cpu_seconds']:6.0f} s/CPU-s  load {result['load']:.1f}  "
-                          f"RSS ready {result['rss_ready_mb']:6.0f} MB  peak {result['rss_peak_mb']:6.0f} MB",
+                          f"RSS ready {result['rss_ready_mib']:6.0f} MiB  peak {result['rss_peak_mib']:6.0f} MiB",
                           flush=True)
             rows += [summarise(name, minutes, results) for name, results in measured.items()]
     table = format_table(rows, model_name=model_name, threads=args.threads)
@@ -179,7 +179,7 @@ def summarise(name: str, minutes: float, results: list[dict]) -> tuple:
     factor = median_with_range([audio_seconds / r["seconds"] for r in results], ".0f", unit="x")
     return (name, minutes, median([r["seconds"] for r in results]), factor,
             median([audio_seconds / r["cpu_seconds"] for r in results]), results[-1]["load"],
-            median([r["rss_ready_mb"] for r in results]), max(r["rss_peak_mb"] for r in results))
+            median([r["rss_ready_mib"] for r in results]), max(r["rss_peak_mib"] for r in results))
 
 
 def format_table(rows: list[tuple], *, model_name: str, threads: int) -> str:
@@ -201,7 +201,7 @@ def format_table(rows: list[tuple], *, model_name: str, threads: int) -> str:
     ]
     lines += [
         f"| {name} | {minutes:g} min | {seconds:.2f} | {rtf} | {per_cpu:.0f} | {load:.1f} "
-        f"| {ready:.0f} MB | {peak:.0f} MB |"
+        f"| {ready:.0f} MiB | {peak:.0f} MiB |"
         for name, minutes, seconds, rtf, per_cpu, load, ready, peak in rows
     ]
     return "\n".join(lines) + "\n"

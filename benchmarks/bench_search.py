@@ -56,8 +56,8 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def rss_mb() -> float:
-    """Current resident memory of this process in MB (Linux)."""
+def rss_mib() -> float:
+    """Current resident memory of this process in MiB (Linux)."""
     with open("/proc/self/status") as handle:
         for line in handle:
             if line.startswith("VmRSS:"):
@@ -212,11 +212,11 @@ def bench_size(n_clips: int, args: argparse.Namespace, tmp: Path) -> dict:
     start = time.perf_counter()
     model = write_generated_index(folder, n_clips=n_clips, frame_clips=args.frame_clips, dim=args.dim, rng=rng)
     build_s = time.perf_counter() - start
-    before = rss_mb()
+    before = rss_mib()
     start = time.perf_counter()
     index = load_index(folder, model)
     open_s = time.perf_counter() - start
-    index_mb = rss_mb() - before
+    index_mib = rss_mib() - before
     queries = [f"q{i}" for i in range(args.queries)]
     index.search(queries[0], k=10)  # warm-up
     times, recalls, exhaustive = [], [], []
@@ -235,7 +235,7 @@ def bench_size(n_clips: int, args: argparse.Namespace, tmp: Path) -> dict:
     faiss_bytes = (folder / "faiss-gen.index").stat().st_size
     result = {
         "clips": n_clips, "index_type": index.state["index_type"], "p50": p50, "p95": p95,
-        "build_s": build_s, "open_s": open_s, "rss_index_mb": index_mb, "rss_mb": rss_mb(),
+        "build_s": build_s, "open_s": open_s, "rss_index_mib": index_mib, "rss_mib": rss_mib(),
         "bytes_per_clip": frames_bytes + faiss_bytes / n_clips + args.dim * 4, "disk_gb": disk / 1e9,
     }
     if exhaustive:
@@ -269,7 +269,7 @@ def main() -> int:
             "Generated embeddings stand in for clips (10 s, 300-d, stored at 0.2 s); "
             f"above {args.frame_clips:,} clips, perturbed copies share stored frames (see the script's docstring).",
             "",
-            "| clips | FAISS | two-stage p50 / p95 ms | exhaustive p50 / p95 ms | recall@10 | bytes/clip | index RSS MB | open s |",
+            "| clips | FAISS | two-stage p50 / p95 ms | exhaustive p50 / p95 ms | recall@10 | bytes/clip | index RSS MiB | open s |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for r in results:
@@ -277,7 +277,7 @@ def main() -> int:
             recall = f"{r['recall']:.3f}" if "recall" in r else "-"
             lines.append(
                 f"| {r['clips']:,} | {r['index_type']} | {r['p50']:.1f} / {r['p95']:.1f} | {exhaustive} | {recall} "
-                f"| {r['bytes_per_clip']:,.0f} | {r['rss_index_mb']:.0f} | {r['open_s']:.1f} |"
+                f"| {r['bytes_per_clip']:,.0f} | {r['rss_index_mib']:.0f} | {r['open_s']:.1f} |"
             )
     table = "\n".join(lines) + "\n"
     print("\n" + table)

@@ -49,7 +49,7 @@ from common import (  # noqa: E402
     append_section,
     load_average,
     median,
-    peak_rss_mb,
+    peak_rss_mib,
     run_worker,
     spread,
 )
@@ -295,10 +295,10 @@ def worker_reference(spec: dict[str, Any]) -> dict[str, Any]:
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return {"clips_per_s": clips_done / seconds, "seconds": seconds, "clips": clips_done,
             "clips_per_cpu_s": clips_done / cpu,
-            "batch_times": times, "rss_mb": peak_rss_mb(), "gpu_mb": _peak_gpu_mb()}
+            "batch_times": times, "rss_mib": peak_rss_mib(), "gpu_mib": _peak_gpu_mib()}
 
 
-def _peak_gpu_mb() -> float | None:
+def _peak_gpu_mib() -> float | None:
     """Peak memory PyTorch allocated on the GPU in this process (None on CPU)."""
     import torch
 
@@ -362,7 +362,7 @@ def worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
                 f"text {config.model.text.get('kind')}, {config.num_workers} loader workers")
     return {"clips_per_s": rates[0] if rates else float("nan"), "epoch_rates": rates, "settings": settings,
             "clips_per_cpu_s": cpu[0][2] / (cpu[0][1] - cpu[0][0]) if cpu else float("nan"),
-            "seconds_total": seconds, "val": val, "rss_mb": peak_rss_mb(), "gpu_mb": _peak_gpu_mb()}
+            "seconds_total": seconds, "val": val, "rss_mib": peak_rss_mib(), "gpu_mib": _peak_gpu_mib()}
 
 
 # --------------------------------------------------------------------------- (c) bare step
@@ -431,7 +431,7 @@ def worker_step(spec: dict[str, Any]) -> dict[str, Any]:
         step()
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
-    return {"times": times, "cpu_times": cpu, "first_step_s": first, "rss_mb": peak_rss_mb()}
+    return {"times": times, "cpu_times": cpu, "first_step_s": first, "rss_mib": peak_rss_mib()}
 
 
 # --------------------------------------------------------------------------- (d) FLOPs and peaks
@@ -628,7 +628,7 @@ def main() -> int:
                 results.setdefault(name, []).append(out)
                 loads.append(load_average())
                 save_partial(results)
-                log(f"{name} #{rep + 1}: {out['clips_per_s']:.2f} clips/s, peak RSS {out['rss_mb']:.0f} MB")
+                log(f"{name} #{rep + 1}: {out['clips_per_s']:.2f} clips/s, peak RSS {out['rss_mib']:.0f} MiB")
 
         # (c) bare-step variants × malloc
         variants = [] if "steps" in args.skip else [
@@ -695,13 +695,13 @@ def report(results: dict[str, Any], *, args: argparse.Namespace, steps: int, ste
     lines: list[str] = []
     ref = results.get("reference")
     ref_rate = _rate(ref) if ref else float("nan")
-    ref_rss = median([o["rss_mb"] for o in ref]) if ref else float("nan")
+    ref_rss = median([o["rss_mib"] for o in ref]) if ref else float("nan")
     lines += [
         f"Data: {args.clips} generated 10 s clips (501 × 64 log-mel, HDF5 store), batch {BATCH}, "
         f"{args.threads} torch threads; (a)/(b): one epoch per process, {args.repeats} processes "
         "each (interleaved), medians; RSS = peak of the process.",
         "",
-        "| training | clips/s (median) | range | vs (a) | peak RSS MB | RSS vs (a) |",
+        "| training | clips/s (median) | range | vs (a) | peak RSS MiB | RSS vs (a) |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     names = {"reference": "(a) reference loop: eager fp32, per-item HDF5, word-vector lookup, redraw impostors",
@@ -714,7 +714,7 @@ def report(results: dict[str, Any], *, args: argparse.Namespace, steps: int, ste
             continue
         if outs[0].get("settings"):
             label += f" ({outs[0]['settings']})"
-        rate, rss = _rate(outs), median([o["rss_mb"] for o in outs])
+        rate, rss = _rate(outs), median([o["rss_mib"] for o in outs])
         lines.append(f"| {label} | {rate:.1f} | {spread([o['clips_per_s'] for o in outs])} | "
                      f"{rate / ref_rate:.2f}× | {rss:.0f} | {rss / ref_rss:.2f}× |")
     if ref:
@@ -735,7 +735,7 @@ def report(results: dict[str, Any], *, args: argparse.Namespace, steps: int, ste
             "steps after warm-up, median step time. (d) achieved = 3 × forward FLOPs × clips/s; "
             "peak = measured matmul in that precision.",
             "",
-            "| step variant | malloc | clips/s | vs (a) | vs eager | peak RSS MB | achieved GFLOP/s | % of peak |",
+            "| step variant | malloc | clips/s | vs (a) | vs eager | peak RSS MiB | achieved GFLOP/s | % of peak |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         per_clip = flops["forward_flops_per_batch"] / BATCH if flops else float("nan")
@@ -751,7 +751,7 @@ def report(results: dict[str, Any], *, args: argparse.Namespace, steps: int, ste
                 lines.append(
                     f"| {label}{extra} | {'raised' if malloc else 'default'} | {rate:.1f} | "
                     f"{rate / ref_rate:.2f}× | {rate / eager_rate:.2f}× | "
-                    f"{median([o['rss_mb'] for o in outs]):.0f} | {achieved:.0f} | {100 * achieved / peak:.0f} % |"
+                    f"{median([o['rss_mib'] for o in outs]):.0f} | {achieved:.0f} | {100 * achieved / peak:.0f} % |"
                 )
     if flops:
         fwd = flops["forward_flops_per_batch"]

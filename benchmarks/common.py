@@ -87,8 +87,8 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MB (``ru_maxrss`` is KiB on Linux)."""
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far, in MiB (``ru_maxrss`` is KiB on Linux)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024 if sys.platform.startswith("linux") else peak / 1024 / 1024
 
