@@ -587,6 +587,18 @@ def test_shard_then_merge_equals_a_single_run(tmp_path, rng):
         merge_feature_stores(shards, merged)
 
 
+def test_a_directory_as_store_path_is_refused_before_any_work(tmp_path, rng):
+    items = write_clips(tmp_path / "audio", rng, IDS[:2])
+    store = extract_files(items, tmp_path / "a.h5", FeatureConfig(), workers=0, progress=False)
+    folder = tmp_path / "out.h5"
+    folder.mkdir()
+    with pytest.raises(DataError, match="out.h5: is a directory"):
+        extract_files(items, folder, FeatureConfig(), workers=0, progress=False)
+    with pytest.raises(DataError, match="out.h5: is a directory"):
+        merge_feature_stores([store], folder, overwrite=True)
+    assert not any(folder.iterdir()) and not partial_path(folder).exists()
+
+
 def test_merge_refuses_different_configs(tmp_path, rng):
     items = write_clips(tmp_path / "audio", rng, IDS[:4])
     a = extract_files(items[:2], tmp_path / "a.h5", FeatureConfig(), workers=0, progress=False)

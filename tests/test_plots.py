@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from acalign.plots import (
     plot_similarity_matrix,
     plot_training_curves,
     read_training_log,
+    save_figure,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -97,3 +100,34 @@ def test_training_curves_from_a_nested_lightning_log(tmp_path):
 def test_training_curves_without_log_is_none(tmp_path):
     assert plot_training_curves(tmp_path, path=tmp_path / "training_curves.png") is None
     assert not (tmp_path / "training_curves.png").exists()
+
+
+def _tiny_figure():
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1, 1))
+    fig.add_subplot().plot([0, 1])
+    return fig
+
+
+def test_saved_figures_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        path = save_figure(_tiny_figure(), tmp_path / "f.png")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_a_directory_as_figure_path_is_a_one_line_error_leaving_nothing(tmp_path):
+    target = tmp_path / "plots.png"
+    target.mkdir()
+    with pytest.raises(AcalignError, match="plots.png: is a directory"):
+        save_figure(_tiny_figure(), target)
+    assert list(tmp_path.iterdir()) == [target] and not any(target.iterdir())
+
+
+def test_a_file_in_the_way_of_the_output_folder_is_named(tmp_path):
+    (tmp_path / "out").write_text("x")
+    with pytest.raises(AcalignError, match=r"out: exists and is not a directory"):
+        save_figure(_tiny_figure(), tmp_path / "out" / "sub" / "f.png")

@@ -6,12 +6,14 @@ in and out of plain dictionaries so the same config is saved inside every output
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import yaml
 
@@ -94,20 +96,50 @@ def read_json(
         raise error(f"{path}: not valid JSON ({exc})") from None
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
+def ensure_directory(path: str | os.PathLike) -> Path:
+    """Create ``path`` (and its parents) as a directory if needed; return it.
+
+    Raises:
+        AcalignError: ``path`` or one of its parents exists and is not a directory.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+        raise AcalignError(f"{blocker}: exists and is not a directory") from None
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, *, binary: bool = False) -> Iterator[IO[Any]]:
+    """Write ``path`` through a temporary file beside it and a rename (never half-written).
+
+    The file gets the mode a plain ``open()`` would give it (``mkstemp`` makes 0600); the
+    temporary file is removed if the body raises.
+
+    Raises:
+        AcalignError: ``path`` is a directory, or its folder cannot be created.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise AcalignError(f"{path}: is a directory, not a file name")
+    ensure_directory(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        # mkstemp creates 0600; give the file the mode a plain open() would have.
+        with os.fdopen(fd, "wb" if binary else "w") as handle:
+            yield handle
         os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
+    with atomic_output(path) as handle:
+        handle.write(text)
 
 
 def _current_umask() -> int:

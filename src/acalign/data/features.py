@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from acalign.config import from_dict, to_dict
+from acalign.config import ensure_directory, from_dict, to_dict
 from acalign.errors import AcalignError, DataError
 from acalign.runtime import tune_malloc
 
@@ -831,7 +831,7 @@ def extract_files(
         far stay in the partial store for a resumed run); an existing store was made with a
         different config.
     """
-    out_path = Path(out_path)
+    out_path = _output_file(out_path)
     items = [(str(a), str(p)) for a, p in items]
     _check_unique(items, out_path)
     total_items = len(items)
@@ -854,6 +854,15 @@ def extract_files(
         )
         _finish_store(handle, skipped)
     os.replace(partial, out_path)
+    return out_path
+
+
+def _output_file(out_path: str | os.PathLike) -> Path:
+    """``out_path`` as a Path, refused up front if it is a directory (the final rename onto it
+    would fail only after all the work)."""
+    out_path = Path(out_path)
+    if out_path.is_dir():
+        raise DataError(f"{out_path}: is a directory; give the store's file name, e.g. {out_path / 'features.h5'}")
     return out_path
 
 
@@ -915,7 +924,7 @@ def _prepare_outputs(out_path: Path, partial: Path, config: FeatureConfig, *, ov
         if partial.exists():
             partial.unlink()  # the finished store supersedes a stale partial one
         os.replace(out_path, partial)  # extend a finished store: it becomes the run's partial
-    partial.parent.mkdir(parents=True, exist_ok=True)
+    ensure_directory(partial.parent)
 
 
 def _is_readable_store(path: Path) -> bool:
@@ -1118,7 +1127,7 @@ def merge_feature_stores(
     """
     import h5py
 
-    out_path = Path(out_path)
+    out_path = _output_file(out_path)
     if not shards:
         raise AcalignError("merge needs at least one shard store")
     if out_path.exists() and not overwrite:
@@ -1127,7 +1136,7 @@ def merge_feature_stores(
     try:
         config = _check_mergeable(stores)
         partial = partial_path(out_path)
-        partial.parent.mkdir(parents=True, exist_ok=True)
+        ensure_directory(partial.parent)
         with h5py.File(partial, "w", libver=_WRITE_LIBVER) as out:
             out.attrs[CONFIG_ATTR] = config.to_json()
             out.attrs[COMPLETE_ATTR] = False
