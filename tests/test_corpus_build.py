@@ -262,3 +262,13 @@ def test_without_apt_the_error_points_to_library(tmp_path: Path, monkeypatch: py
     with pytest.raises(AcalignError, match="--library") as info:
         build_corpus(config, tmp_path / "out", cache=tmp_path / "cache", progress=False)
     assert "apt-get" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_an_out_path_that_is_a_file_is_refused_before_any_work(tmp_path: Path) -> None:
+    from acalign.errors import AcalignError
+
+    blocker = tmp_path / "corpus.txt"
+    blocker.write_text("keep me")
+    with pytest.raises(AcalignError, match="corpus.txt: exists and is not a directory"):
+        build_corpus(build_config(size="tiny"), blocker, cache=tmp_path / "cache")
+    assert blocker.read_text() == "keep me" and not (tmp_path / "cache").exists()

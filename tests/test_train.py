@@ -257,6 +257,48 @@ def test_cli_reports_user_errors_on_one_line(tmp_path: Path, capsys: pytest.Capt
     assert code == 2 and "unknown key(s) lossy" in err and "\n" not in err
 
 
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--set", "lr=abc"], "--set lr=abc: lr must be a number, got 'abc'"),
+        (["--set", "lrr=0.1"], "--set lrr=0.1: unknown key(s) lrr"),
+        (["--max-epochs", "0"], "--max-epochs 0: max_epochs must be >= 1"),
+        (["--set", "batch_size=2.5"], "batch_size must be an integer, got 2.5"),
+        (["--trainer", "bogus=1"], "Lightning Trainer options bogus=1:"),
+        (["--accelerator", "foo"], "Lightning Trainer options accelerator='foo':"),
+        (["--strategy", "foo"], "Lightning Trainer options strategy='foo':"),
+    ],
+)
+def test_cli_blames_the_option_the_user_typed_on_one_line(
+    extra: list[str], expected: str, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_config()))
+    argv = ["train", "--config", str(config), "--data", str(data_dir), "--out", str(tmp_path / "r"), *extra]
+    code = cli_main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and expected in err[0], err
+    assert str(config) not in err[0]
+
+
+def test_a_value_yaml_reads_as_text_is_taken_when_it_is_a_number() -> None:
+    assert resolve_config(tiny_config(), sets=["lr=1e-3"]).lr == 1e-3
+
+
+def test_an_out_path_that_is_a_file_is_a_one_line_error(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_config()))
+    blocker = tmp_path / "taken.txt"
+    blocker.write_text("keep me")
+    for out in (blocker, blocker / "run"):
+        code = cli_main(["train", "--config", str(config), "--data", str(data_dir), "--out", str(out)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.endswith(f"{blocker}: exists and is not a directory"), err
+    assert blocker.read_text() == "keep me"
+
+
 def test_cli_trains_with_trainer_flags(data_dir: Path, tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(tiny_config(max_epochs=5)))

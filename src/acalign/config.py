@@ -11,6 +11,8 @@ import dataclasses
 import json
 import os
 import tempfile
+import types
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -48,23 +50,43 @@ def from_dict(cls: type[T], values: dict[str, Any] | None, *, source: str = "con
             f"{source}: unknown key(s) {', '.join(unknown)} for {cls.__name__}; "
             f"expected some of {', '.join(sorted(known))}"
         )
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
-        field_type = known[name].type
-        nested = _dataclass_type(cls, name, field_type)
-        if nested is not None and isinstance(value, dict):
-            value = from_dict(nested, value, source=f"{source}.{name}")
-        kwargs[name] = value
+        hint = hints.get(name, known[name].type)
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = from_dict(hint, value, source=f"{source}.{name}")  # type: ignore[arg-type]
+        kwargs[name] = _checked_scalar(value, hint, name=name, source=source)
     return cls(**kwargs)
 
 
-def _dataclass_type(cls: type, name: str, field_type: Any) -> type | None:
-    """Resolve a field's annotation to a dataclass type, if it is one."""
-    import typing
+_SCALAR_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
-    hints = typing.get_type_hints(cls)
-    resolved = hints.get(name, field_type)
-    return resolved if dataclasses.is_dataclass(resolved) else None
+
+def _checked_scalar(value: Any, hint: Any, *, name: str, source: str) -> Any:
+    """``value`` checked against a scalar annotation (``int``, ``float | None``, ...).
+
+    Other annotations pass unchecked. A string where a float is expected is read as one when it
+    parses: YAML reads ``1e-3`` (no dot) as a string.
+    """
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    scalars = [t for t in allowed if t in _SCALAR_NAMES]
+    if not scalars or len(scalars) + (type(None) in allowed) != len(allowed):
+        return value
+    if value is None and type(None) in allowed:
+        return value
+    for kind in scalars:
+        if kind is float and isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                continue
+        if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return value
+        if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+            return value
+    expected = " or ".join(_SCALAR_NAMES[t] for t in scalars) + (" or null" if type(None) in allowed else "")
+    raise AcalignError(f"{source}: {name} must be {expected}, got {value!r}")
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -96,18 +118,27 @@ def read_json(
         raise error(f"{path}: not valid JSON ({exc})") from None
 
 
+def require_directory_path(path: str | os.PathLike) -> Path:
+    """Check that ``path`` can be (or is) a directory: neither it nor a parent is a file.
+
+    Raises:
+        AcalignError: naming the first of ``path`` and its parents that exists as a non-directory.
+    """
+    path = Path(path)
+    for part in (path, *path.parents):
+        if part.exists() and not part.is_dir():
+            raise AcalignError(f"{part}: exists and is not a directory")
+    return path
+
+
 def ensure_directory(path: str | os.PathLike) -> Path:
     """Create ``path`` (and its parents) as a directory if needed; return it.
 
     Raises:
         AcalignError: ``path`` or one of its parents exists and is not a directory.
     """
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
-        raise AcalignError(f"{blocker}: exists and is not a directory") from None
+    path = require_directory_path(path)
+    path.mkdir(parents=True, exist_ok=True)
     return path
 
 

@@ -55,7 +55,14 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from acalign.config import atomic_write_text, atomic_write_yaml, from_dict, load_yaml, to_dict
+from acalign.config import (
+    atomic_write_text,
+    atomic_write_yaml,
+    from_dict,
+    load_yaml,
+    require_directory_path,
+    to_dict,
+)
 from acalign.data.dataset import Batch, CaptionDataset, ClipDataset, Collate
 from acalign.data.manifest import Manifest, read_manifest
 from acalign.errors import AcalignError
@@ -291,20 +298,40 @@ def resolve_config(
         path = config_path(config)
         raw, source = load_yaml(path), str(path)
     overrides = parse_key_values(sets)
-    for name, value in (("seed", seed), ("max_epochs", max_epochs), ("max_minutes", max_minutes)):
+    given = [f"--set {item}" for item in sets]
+    for name, flag, value in (("seed", "--seed", seed), ("max_epochs", "--max-epochs", max_epochs),
+                              ("max_minutes", "--max-time", max_minutes)):
         if value is not None:
             overrides[name] = value
+            given.append(f"{flag} {value}")
     if word2vec is not None:
         if not Path(word2vec).is_file():
             raise AcalignError(f"{word2vec}: word2vec file not found")
         overrides["model.text"] = {"kind": "word2vec", "path": str(Path(word2vec).resolve())}
-    raw = apply_overrides(raw, overrides)
+    try:
+        return _validated_config(apply_overrides(raw, overrides), source)
+    except AcalignError:
+        if not given or not _is_valid_config(raw, source):
+            raise
+    # The file alone is fine, so the options are to blame: name them, not the file.
+    return _validated_config(apply_overrides(raw, overrides), ", ".join(given))
+
+
+def _validated_config(raw: dict[str, Any], source: str) -> TrainConfig:
     try:
         result = from_dict(TrainConfig, raw, source=source)
     except TypeError as exc:
         raise AcalignError(f"{source}: {exc}") from None
     result.validate(source=source)
     return result
+
+
+def _is_valid_config(raw: dict[str, Any], source: str) -> bool:
+    try:
+        _validated_config(raw, source)
+    except AcalignError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- data
@@ -707,11 +734,22 @@ def build_trainer(config: TrainConfig, run_dir: Path, overrides: dict[str, Any] 
         "gradient_clip_val": config.grad_clip,
     }
     kwargs.update(overrides)
-    return pl.Trainer(**kwargs)
+    if not overrides:
+        return pl.Trainer(**kwargs)
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return pl.Trainer(**kwargs)
+    except (TypeError, ValueError, MisconfigurationException) as exc:
+        # Lightning checks these options itself; its message is the one to show, on one line.
+        options = ", ".join(f"{key}={value!r}" for key, value in overrides.items())
+        reason = " ".join(str(exc).split())
+        raise AcalignError(f"Lightning Trainer options {options}: {reason}") from None
 
 
 def _check_run_dir(config: TrainConfig, run_dir: Path, *, resume: bool) -> Path | None:
     """Return the checkpoint to resume from (or None); refuse to overwrite or mix runs."""
+    require_directory_path(run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
     if not resume:
         if last.is_file():

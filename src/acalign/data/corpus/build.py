@@ -26,7 +26,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from acalign.config import atomic_write_json, atomic_write_yaml, from_dict, load_yaml, to_dict
+from acalign.config import (
+    atomic_write_json,
+    atomic_write_yaml,
+    from_dict,
+    load_yaml,
+    require_directory_path,
+    to_dict,
+)
 from acalign.data.manifest import Clip, Manifest, write_manifest
 from acalign.errors import AcalignError, DataError
 
@@ -430,7 +437,7 @@ def build_corpus(
             the sources cannot be fetched.
     """
     config.validate()
-    out, cache = Path(out), Path(cache).expanduser()
+    out, cache = require_directory_path(out), Path(cache).expanduser()
     workers = max(1, workers or os.cpu_count() or 1)
     _check_previous(config, out, force=force)
     timings: dict[str, float] = {}
