@@ -271,3 +271,56 @@ def test_peak_span_is_the_half_height_region_around_the_peak() -> None:
     activation = np.array([0.0, 0.1, 0.6, 0.9, 0.7, 0.2, 0.8, 0.0])
     assert peak_span(activation) == (3, 5)  # median 0.4, half way to 0.9 is 0.65
     assert peak_span(np.full(6, 0.3)) == (0, 6)
+
+
+def test_out_that_is_a_file_is_a_data_error(detector, library: Path, tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("keep me")
+    with pytest.raises(DataError, match="taken: exists and is not a directory"):
+        build_index(detector, library, tmp_path / "taken")
+    with pytest.raises(DataError, match="taken: exists and is not a directory"):
+        build_index(detector, library, tmp_path / "taken" / "idx")
+    assert (tmp_path / "taken").read_text() == "keep me"
+
+
+def _shard_of(out: Path, file_id: str) -> str:
+    return next(f.shard for f in load_index(out).files() if f.file_id == file_id)
+
+
+@pytest.mark.parametrize("damage", ["delete frames", "truncate chunks"])
+def test_rerun_repairs_a_damaged_shard_and_keeps_the_rest(
+    damage: str, detector, library: Path, tmp_path: Path, rng
+) -> None:
+    out = tmp_path / "idx"
+    build_index(detector, library, out)
+    _write(library / "dogs" / "new.wav", 10, [("dog", 0.5, 9.5)], rng)
+    build_index(detector, library, out)  # a second shard holding only new.wav
+    before = [(h.file_id, h.score) for h in load_index(out, detector).search("dog", k=9)]
+    first, second = _shard_of(out, "q1.wav"), _shard_of(out, "dogs/new.wav")
+    if damage == "delete frames":
+        (out / f"frames-{first}.f16").unlink()
+        with pytest.raises(DataError, match=f"frames-{first}.f16: index data file missing .* acalign index"):
+            load_index(out, detector)
+    else:
+        with open(out / f"chunks-{first}.f32", "r+b") as handle:
+            handle.truncate(100)
+
+    report = build_index(detector, library, out)
+    assert sorted(report.repaired) == sorted(set(_ids(load_index(out, detector).files())) - {"dogs/new.wav"})
+    assert (report.unchanged, report.added, report.updated, report.removed) == (1, [], [], [])
+    assert _shard_of(out, "dogs/new.wav") == second  # the intact shard is reused as it is
+    after = [(h.file_id, h.score) for h in load_index(out, detector).search("dog", k=9)]
+    assert [f for f, _ in after] == [f for f, _ in before]
+    assert [s for _, s in after] == pytest.approx([s for _, s in before], abs=1e-6)
+    assert not (out / f"chunks-{first}.f32").exists()  # the damaged shard's leftovers are gone
+    assert build_index(detector, library, out).unchanged == 9
+
+
+def test_missing_faiss_file_names_the_repair(detector, library: Path, tmp_path: Path) -> None:
+    out = tmp_path / "idx"
+    build_index(detector, library, out)
+    faiss_file = out / load_index(out, detector).state["faiss"]
+    faiss_file.unlink()
+    with pytest.raises(DataError, match=f"{faiss_file.name}: FAISS index missing .* --out"):
+        load_index(out, detector)
+    build_index(detector, library, out)
+    assert _ids(load_index(out, detector).search("dog", k=1))

@@ -19,7 +19,7 @@ from typing import IO, Any, TypeVar
 
 import yaml
 
-from acalign.errors import AcalignError
+from acalign.errors import AcalignError, DataError
 
 T = TypeVar("T")
 
@@ -122,12 +122,12 @@ def require_directory_path(path: str | os.PathLike) -> Path:
     """Check that ``path`` can be (or is) a directory: neither it nor a parent is a file.
 
     Raises:
-        AcalignError: naming the first of ``path`` and its parents that exists as a non-directory.
+        DataError: naming the first of ``path`` and its parents that exists as a non-directory.
     """
     path = Path(path)
     for part in (path, *path.parents):
         if part.exists() and not part.is_dir():
-            raise AcalignError(f"{part}: exists and is not a directory")
+            raise DataError(f"{part}: exists and is not a directory")
     return path
 
 
@@ -135,10 +135,14 @@ def ensure_directory(path: str | os.PathLike) -> Path:
     """Create ``path`` (and its parents) as a directory if needed; return it.
 
     Raises:
-        AcalignError: ``path`` or one of its parents exists and is not a directory.
+        DataError: ``path`` or one of its parents exists and is not a directory, or the
+            folder cannot be created (no permission, ...).
     """
     path = require_directory_path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot create the folder ({exc.strerror or exc})") from None
     return path
 
 

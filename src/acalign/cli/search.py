@@ -3,19 +3,57 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 INDEX_DESCRIPTION = """\
 Index every audio file (WAV, FLAC, Ogg, MP3) under AUDIO_DIR, recursively, with an exported
 model, into the directory INDEX. Re-running updates the index: new or changed files (size or
-modification time) are embedded, removed ones dropped, the rest reused. An unreadable file is
-skipped with a warning. An interrupted run leaves the previous index usable.
+modification time) are embedded, removed ones dropped, the rest reused; files whose stored data
+is missing or truncated are embedded again (repaired). An unreadable file is skipped with a
+warning. An interrupted run leaves the previous index usable.
 """
 
 SEARCH_DESCRIPTION = """\
 Search an index built by `acalign index` with a caption (or with --audio, a recording like
 the ones wanted). Prints ranked files with their score and best-matching time span.
 """
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """A parser that takes options before, between or after its positionals.
+
+    Plain argparse matches every positional at the first run of non-option words, so in
+    ``search INDEX -k 2 CAPTION`` the optional CAPTION is used up (empty) by ``INDEX`` alone and
+    ``CAPTION`` is left over; intermixed parsing reads the options first, then the positionals.
+    """
+
+    _intermixing = False
+
+    def parse_known_args(
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """Parse like :meth:`parse_known_intermixed_args` (also when run as a subcommand)."""
+        if self._intermixing:  # before Python 3.13 the intermixed parse calls back in here
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
+def _add_intermixed_parser(
+    subparsers: argparse._SubParsersAction, name: str, **kwargs: object
+) -> argparse.ArgumentParser:
+    """``subparsers.add_parser`` with :class:`_IntermixedParser` for this one parser."""
+    # add_parser builds its parser with the class the subparsers action was created with
+    saved = subparsers._parser_class
+    subparsers._parser_class = _IntermixedParser
+    try:
+        return subparsers.add_parser(name, **kwargs)
+    finally:
+        subparsers._parser_class = saved
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,7 +75,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     index.add_argument("--quiet", action="store_true", help="no progress bar")
     index.set_defaults(func=run_index)
 
-    search = subparsers.add_parser(
+    search = _add_intermixed_parser(
+        subparsers,
         "search",
         help="search an index by caption or by example",
         description=SEARCH_DESCRIPTION,
@@ -75,9 +114,10 @@ def run_index(args: argparse.Namespace) -> int:
     if args.pool_seconds is not None:
         settings = IndexSettings(pool_frames=max(1, round(args.pool_seconds * model.frame_rate)))
     report = build_index(model, args.audio_dir, args.out, settings=settings, progress=not args.quiet)
+    repaired = f", repaired {len(report.repaired)}" if report.repaired else ""
     print(
         f"{args.out}: {report.n_files} files, {report.n_chunks} chunks ({report.index_type}); "
-        f"added {len(report.added)}, updated {len(report.updated)}, removed "
+        f"added {len(report.added)}, updated {len(report.updated)}{repaired}, removed "
         f"{len(report.removed)}, unchanged {report.unchanged}, skipped {len(report.skipped)} "
         f"in {report.seconds:.1f} s"
     )

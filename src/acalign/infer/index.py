@@ -27,8 +27,9 @@ lists, ``nprobe`` 32): about 9 ms for a five-word caption at a million chunks on
 1.2 GB of memory for 300-d vectors; the exact re-rank then corrects its order.
 
 Updates are incremental (a file is re-embedded when its size or modification time changed,
-dropped when it is gone) and atomic: new data goes to new files and ``index.json`` is
-replaced last, so an interrupted run leaves the previous index intact and usable.
+or when the shard holding it is missing or truncated; dropped when it is gone) and atomic: new
+data goes to new files and ``index.json`` is replaced last, so an interrupted run leaves the
+previous index intact and usable.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -48,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from acalign.config import atomic_write_json
+from acalign.config import atomic_write_json, ensure_directory
 from acalign.errors import AcalignError, DataError, ModelError
 
 if TYPE_CHECKING:
@@ -118,6 +120,7 @@ class IndexReport:
 
     added: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)  # unchanged, but their shard was damaged
     removed: list[str] = field(default_factory=list)
     unchanged: int = 0
     skipped: list[str] = field(default_factory=list)
@@ -142,7 +145,9 @@ def build_index(
 
     Re-running on the same ``out`` embeds only new or changed files (size or modification time)
     and drops files that are gone; an unreadable file is skipped with a warning naming it (and
-    retried on the next run). ``out`` may not be shared by two runs at once.
+    retried on the next run). Files whose stored data is missing or truncated (a damaged
+    ``frames-*``/``chunks-*`` file) are embedded again, which repairs the index. ``out`` may
+    not be shared by two runs at once.
 
     Parameters
     ----------
@@ -152,7 +157,7 @@ def build_index(
     audio_dir : path
         Folder searched recursively for .wav, .flac, .ogg, .oga, .opus and .mp3 files.
     out : path
-        Index directory (created if needed).
+        Index directory (created if needed; an existing file there is a :class:`DataError`).
     settings : IndexSettings or None
         Only for a new index; an existing index keeps its own.
     progress : bool
@@ -171,8 +176,7 @@ def build_index(
     root = Path(audio_dir).expanduser().resolve()
     if not root.is_dir():
         raise DataError(f"{audio_dir}: audio folder not found")
-    out = Path(out).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_directory(Path(out).expanduser().resolve())
     with _exclusive_lock(out):
         state = _read_state(out) if (out / _META).is_file() else None
         if state is not None:
@@ -184,17 +188,14 @@ def build_index(
                 )
             settings = IndexSettings(**state["settings"])
         settings = settings or IndexSettings()
+        dim = int(state["dim"]) if state is not None else int(model.dim)
         old_rows = {r["file_id"]: IndexedFile(**r) for r in (state or {}).get("files", [])}
         shards = dict((state or {}).get("shards", {}))
+        damaged = _damaged_shards(out, shards, old_rows.values(), dim=dim)
+        shards = {s: c for s, c in shards.items() if s not in damaged}
         report = IndexReport()
         found = _scan_audio(root, exclude=out)
-        to_embed = []
-        for file_id, (size, mtime_ns) in found.items():
-            old = old_rows.get(file_id)
-            if old is not None and old.size == size and old.mtime_ns == mtime_ns:
-                report.unchanged += 1
-            else:
-                to_embed.append(file_id)
+        to_embed, to_repair = _files_to_embed(found, old_rows, damaged, report)
         report.removed = sorted(set(old_rows) - set(found))
         rows = {fid: row for fid, row in old_rows.items() if fid in found and fid not in to_embed}
         if to_embed:
@@ -205,13 +206,15 @@ def build_index(
                 shards[shard_id] = counts
             for file_id in to_embed:
                 if file_id in new_rows:
-                    (report.updated if file_id in old_rows else report.added).append(file_id)
+                    if file_id in to_repair:
+                        report.repaired.append(file_id)
+                    else:
+                        (report.updated if file_id in old_rows else report.added).append(file_id)
                     rows[file_id] = new_rows[file_id]
                 else:
                     report.skipped.append(file_id)
                     if file_id in old_rows:  # changed and now unreadable: keep nothing stale
                         report.removed.append(file_id)
-        dim = int(state["dim"]) if state is not None else int(model.dim)
         ordered = [rows[fid] for fid in sorted(rows)]
         ordered, shards = _compact_if_wasteful(out, ordered, shards, dim=dim)
         index, index_type = _build_faiss(out, ordered, shards, dim=dim, settings=settings)
@@ -237,6 +240,52 @@ def build_index(
     report.index_type = index_type
     report.seconds = time.perf_counter() - start_time
     return report
+
+
+def _damaged_shards(
+    out: Path, shards: dict[str, dict[str, int]], rows: Iterable[IndexedFile], *, dim: int
+) -> set[str]:
+    """Shards whose data files are missing or shorter than ``index.json`` says, or that a file
+    row names but the shard table lacks; a warning names each."""
+    damaged = {r.shard for r in rows if r.shard not in shards}
+    for shard, counts in shards.items():
+        bad = _bad_shard_file(out, shard, counts, dim=dim)
+        if bad is not None:
+            damaged.add(shard)
+            log.warning("%s: index data file missing or truncated; re-embedding its files", bad)
+    return damaged
+
+
+def _bad_shard_file(out: Path, shard: str, counts: dict[str, int], *, dim: int) -> Path | None:
+    """The first of a shard's data files that is missing or truncated, or None."""
+    frames = out / f"frames-{shard}.f16"
+    if not _data_file_ok(frames, np.float16, counts["frames"], dim):
+        return frames
+    chunks = out / f"chunks-{shard}.f32"
+    if not _data_file_ok(chunks, np.float32, counts["chunks"], dim):
+        return chunks
+    return None
+
+
+def _files_to_embed(
+    found: dict[str, tuple[int, int]],
+    old_rows: dict[str, IndexedFile],
+    damaged: set[str],
+    report: IndexReport,
+) -> tuple[list[str], set[str]]:
+    """Files to embed (new, changed, or stored in a damaged shard) and, of those, the unchanged
+    ones being repaired; counts the rest as unchanged in ``report``."""
+    to_embed, to_repair = [], set()
+    for file_id, (size, mtime_ns) in found.items():
+        old = old_rows.get(file_id)
+        if old is None or old.size != size or old.mtime_ns != mtime_ns:
+            to_embed.append(file_id)
+        elif old.shard in damaged:
+            to_embed.append(file_id)
+            to_repair.add(file_id)
+        else:
+            report.unchanged += 1
+    return to_embed, to_repair
 
 
 @contextlib.contextmanager
@@ -505,11 +554,17 @@ def _open_chunks(out: Path, shard: str, rows: int, dim: int) -> np.ndarray:
     return _memmap(out / f"chunks-{shard}.f32", np.float32, rows, dim)
 
 
+def _data_file_ok(path: Path, dtype: type, rows: int, dim: int) -> bool:
+    """Whether ``path`` holds at least ``rows`` rows of ``dim`` values of ``dtype``."""
+    if rows == 0:
+        return True
+    return path.is_file() and path.stat().st_size >= rows * dim * np.dtype(dtype).itemsize
+
+
 def _memmap(path: Path, dtype: type, rows: int, dim: int) -> np.ndarray:
     if rows == 0:
         return np.zeros((0, dim), dtype=dtype)
-    expected = rows * dim * np.dtype(dtype).itemsize
-    if not path.is_file() or path.stat().st_size < expected:
+    if not _data_file_ok(path, dtype, rows, dim):
         raise DataError(f"{path}: index data file missing or truncated; re-run acalign index")
     return np.memmap(path, dtype=dtype, mode="r", shape=(rows, dim))
 
@@ -529,6 +584,12 @@ def _read_state(out: Path) -> dict[str, Any]:
             "rebuild it with acalign index"
         )
     return state
+
+
+def _repair_command(state: dict[str, Any], out: Path) -> str:
+    """The ``acalign index`` command line that rebuilds what is missing from the index ``out``."""
+    parts = ["acalign", "index", state["model"]["path"], state["root"], "--out", str(out)]
+    return " ".join(shlex.quote(part) for part in parts)
 
 
 def _check_model(state: dict[str, Any], model: AcalignModel, out: Path) -> None:
@@ -579,14 +640,32 @@ class AudioIndex:
         self.dim = int(state["dim"])
         root = Path(state["root"])
         self._files = [IndexedFile(**row, path=str(root / row["file_id"])) for row in state["files"]]
-        self._frames = {
-            s: _open_frames(self.path, s, c["frames"], self.dim) for s, c in state["shards"].items()
-        }
-        self._index = faiss.read_index(str(self.path / state["faiss"]))
+        self._frames = self._map_frames(state)
+        faiss_path = self.path / state["faiss"]
+        try:
+            self._index = faiss.read_index(str(faiss_path))
+        except RuntimeError:  # FAISS reports a missing or corrupt file only this way
+            raise DataError(
+                f"{faiss_path}: FAISS index missing or unreadable; "
+                f"repair it with: {_repair_command(state, self.path)}"
+            ) from None
         if hasattr(self._index, "nprobe"):
             self._index.nprobe = self.settings.ivf_nprobe
         self._chunk_file, self._chunk_start, self._chunk_end = self._chunk_table()
         self.pool_seconds = self.settings.pool_frames / float(state["frame_rate"])
+
+    def _map_frames(self, state: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Memory-map every shard's frames; a missing or truncated file names the repair."""
+        for shard, counts in state["shards"].items():
+            path = self.path / f"frames-{shard}.f16"
+            if not _data_file_ok(path, np.float16, counts["frames"], self.dim):
+                raise DataError(
+                    f"{path}: index data file missing or truncated; "
+                    f"repair it with: {_repair_command(state, self.path)}"
+                )
+        return {
+            s: _open_frames(self.path, s, c["frames"], self.dim) for s, c in state["shards"].items()
+        }
 
     def _chunk_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """For chunk id ``c``: its file index and its rows ``[start, end)`` in the file's shard."""
