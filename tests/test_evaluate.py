@@ -310,3 +310,46 @@ def test_missing_feature_store_names_the_file(tiny_run):
     (data_dir / "features" / "test.h5").unlink()
     with pytest.raises(DataError, match=r"test\.h5: feature store not found"):
         evaluate_run(run_dir, data_dir, split="test", val_split=None)
+
+
+def _cli_error_before_work(run_dir, argv, capsys) -> str:
+    """Run ``acalign evaluate`` expecting a one-line error and nothing evaluated or written."""
+    from acalign.cli import main
+
+    inference = (run_dir / "model" / "inference.json").read_text()
+    assert main(["evaluate", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("acalign evaluate: error: ")
+    assert not (run_dir / "metrics.json").exists() and not (run_dir / "plots").exists()
+    assert (run_dir / "model" / "inference.json").read_text() == inference
+    return err
+
+
+def test_cli_compare_missing_run_fails_before_evaluating(tiny_run, tmp_path, capsys):
+    run_dir, data_dir = tiny_run
+    missing = tmp_path / "nonexistent"
+    err = _cli_error_before_work(run_dir, [str(run_dir), "--data", str(data_dir), "--compare", f"x={missing}"], capsys)
+    assert f"--compare x={missing}: run folder {missing} not found" in err
+
+
+def test_cli_compare_unevaluated_run_fails_before_evaluating(tiny_run, tmp_path, capsys):
+    run_dir, data_dir = tiny_run
+    other = tmp_path / "other"
+    other.mkdir()
+    err = _cli_error_before_work(run_dir, [str(run_dir), "--data", str(data_dir), "--compare", f"x={other}"], capsys)
+    assert "metrics.json: metrics not found" in err
+
+
+def test_cli_compare_repeated_name_fails_before_evaluating(tiny_run, capsys):
+    run_dir, data_dir = tiny_run
+    argv = [str(run_dir), "--data", str(data_dir), "--compare", f"a={run_dir}", f"a={run_dir}"]
+    assert "the name 'a' is already taken" in _cli_error_before_work(run_dir, argv, capsys)
+    argv = [str(run_dir), "--data", str(data_dir), "--compare", f"run={data_dir}"]
+    assert "the name 'run' is already taken" in _cli_error_before_work(run_dir, argv, capsys)
+
+
+def test_cli_bad_inference_value_is_one_line(tiny_run, capsys):
+    run_dir, data_dir = tiny_run
+    (run_dir / "model" / "inference.json").write_text(json.dumps({"threshold": "x"}))
+    err = _cli_error_before_work(run_dir, [str(run_dir), "--data", str(data_dir)], capsys)
+    assert "inference.json: threshold must be a number, got 'x'" in err

@@ -59,3 +59,27 @@ def test_other_format_version(model_dir: Path) -> None:
     info["format_version"] = 99
     (model_dir / "acalign.json").write_text(json.dumps(info))
     _one_line_model_error(model_dir, "version 99")
+
+
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        ({"threshold": "x"}, "threshold"),
+        ({"threshold": None}, "threshold"),
+        ({"threshold": True}, "threshold"),
+        ({"threshold": 1.5}, "threshold"),
+        ({"threshold": float("nan")}, "threshold"),
+        ({"threshold": 0.3, "median_filter": 2.5}, "median_filter"),
+        ({"threshold": 0.3, "median_filter": "3"}, "median_filter"),
+        ({"threshold": 0.3, "median_filter": 0}, "median_filter"),
+    ],
+)
+def test_bad_inference_value_names_the_file_and_key(model_dir: Path, values: dict, key: str) -> None:
+    (model_dir / "inference.json").write_text(json.dumps(values))
+    _one_line_model_error(model_dir, rf"inference\.json: {key} must be")
+
+
+def test_inference_values_may_be_left_out(model_dir: Path) -> None:
+    (model_dir / "inference.json").write_text(json.dumps({"threshold": 1}))
+    model = load_model(model_dir)
+    assert (model.threshold, model.median_filter_seconds) == (1.0, 0.02)

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from acalign.config import atomic_write_json
+from acalign.config import atomic_write_json, ensure_directory, require_directory_path
+from acalign.errors import AcalignError
 
 RUNS = ("default", "paper", "supervised")
+#: Seeds numpy and Lightning accept (corpus generators, ``seed_everything``).
+MAX_SEED = 2**32 - 1
 
 
 def _timed(name: str, timings: dict[str, float], func: Callable[[], Any]) -> Any:
@@ -75,8 +79,13 @@ def run_demo(
     runs: Sequence[str] = RUNS,
     max_minutes: float | None = None,
 ) -> dict[str, Any]:
-    """Run the whole demo into ``out``; return the per-run metrics."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Run the whole demo into ``out``; return the per-run metrics.
+
+    Raises:
+        AcalignError: a bad option (checked before any work) or an ``out`` that cannot be made.
+    """
+    check_options(out, size=size, seed=seed, cache=cache, runs=runs, max_minutes=max_minutes)
+    ensure_directory(out)
     corpus_dir = out / "corpus"
     timings: dict[str, float] = {}
     _timed("corpus", timings, lambda: build_corpus_stage(corpus_dir, size=size, seed=seed, cache=cache))
@@ -99,6 +108,32 @@ def run_demo(
     return results
 
 
+def check_options(
+    out: Path,
+    *,
+    size: str,
+    seed: int,
+    cache: Path | None,
+    runs: Sequence[str],
+    max_minutes: float | None,
+) -> None:
+    """Raise :class:`AcalignError` naming the first demo option that makes no sense."""
+    from acalign.data.corpus.build import SIZES
+
+    if size not in SIZES:
+        raise AcalignError(f"--size must be one of {', '.join(SIZES)}, got {size!r}")
+    if not 0 <= seed <= MAX_SEED:
+        raise AcalignError(f"--seed must be in [0, {MAX_SEED}], got {seed}")
+    if max_minutes is not None and not (math.isfinite(max_minutes) and max_minutes > 0):
+        raise AcalignError(f"--max-minutes must be a positive number of minutes, got {max_minutes}")
+    unknown = [name for name in runs if name not in RUNS]
+    if unknown or not runs:
+        raise AcalignError(f"--runs must be some of {', '.join(RUNS)}, got {', '.join(runs) or 'none'}")
+    for path in (out, cache):
+        if path is not None:
+            require_directory_path(path)
+
+
 def print_summary(results: dict[str, Any], timings: dict[str, float], out: Path) -> None:
     """Print the headline table and where the report is."""
     print("\n" + (out / "report.md").read_text() if (out / "report.md").is_file() else "")
@@ -108,13 +143,20 @@ def print_summary(results: dict[str, Any], timings: dict[str, float], out: Path)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the demo's options to ``parser`` (shared by ``acalign demo``)."""
+    from acalign.data.corpus.build import SIZES
+
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
-    parser.add_argument("--size", default="default", help="corpus size preset (default: default)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for corpus and training (default: 0)")
+    sizes = ", ".join(f"{k}={'/'.join(map(str, v))}" for k, v in SIZES.items())
+    parser.add_argument(
+        "--size", default="default", choices=list(SIZES),
+        help=f"corpus size preset, clips per split train/val/test: {sizes} (default: default)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help=f"seed for corpus and training, 0 to {MAX_SEED} (default: 0)")
     parser.add_argument("--cache", type=Path, default=None, help="package cache (default: ~/.cache/acalign)")
     parser.add_argument(
         "--runs", nargs="+", default=list(RUNS), choices=RUNS, help="configurations to train (default: all)"
     )
     parser.add_argument(
-        "--max-minutes", type=float, default=None, help="time budget per training run (default: from the config)"
+        "--max-minutes", type=float, default=None,
+        help="time budget per training run in minutes, > 0 (default: from the config)",
     )

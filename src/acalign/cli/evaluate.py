@@ -52,15 +52,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, optionally compare, and print where the outputs went."""
-    from acalign.errors import AcalignError
     from acalign.evaluate import evaluate_run, write_comparison_report
 
-    compare = {}
-    for item in args.compare:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise AcalignError(f"--compare expects NAME=RUN_DIR, got {item!r}")
-        compare[name] = Path(path)
+    name = args.name or args.run_dir.name
+    compare = parse_compare(args.compare, run_dir=args.run_dir, name=name)
     val_split = None if args.val_split.lower() == "none" else args.val_split
     results = evaluate_run(
         args.run_dir,
@@ -79,7 +74,42 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"wrote {args.run_dir / 'metrics.json'}, {args.run_dir / 'report.md'}, {args.run_dir / 'plots'}/")
     if compare:
-        runs = {args.name or args.run_dir.name: args.run_dir, **compare}
+        runs = {name: args.run_dir, **compare}
         path = write_comparison_report(runs, args.run_dir / "comparison.md")
         print(f"wrote {path}")
     return 0
+
+
+def parse_compare(items: list[str], *, run_dir: Path, name: str) -> dict[str, Path]:
+    """Turn ``--compare NAME=RUN_DIR ...`` into ``{name: run folder}``, checked before evaluating.
+
+    Every folder must hold a readable ``metrics.json``, except ``run_dir`` itself (evaluating
+    writes it). ``name`` is this run's name in the comparison; no other folder may take it.
+
+    Raises
+    ------
+    AcalignError
+        An item is not NAME=RUN_DIR, a name repeats, or a folder is missing or not evaluated.
+    """
+    from acalign.errors import AcalignError
+    from acalign.evaluate import read_metrics
+
+    compare: dict[str, Path] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise AcalignError(f"--compare expects NAME=RUN_DIR, got {item!r}")
+        path = Path(value)
+        if key in compare or (key == name and not _same_folder(path, run_dir)):
+            raise AcalignError(f"--compare {item}: the name {key!r} is already taken (see --name)")
+        if not path.is_dir():
+            raise AcalignError(f"--compare {item}: run folder {path} not found")
+        if not _same_folder(path, run_dir):
+            read_metrics(path)  # names RUN_DIR/metrics.json when it is missing or unreadable
+        compare[key] = path
+    return compare
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    """Whether two paths name the same folder (``b`` may not exist yet)."""
+    return a.resolve() == b.resolve()
