@@ -114,6 +114,13 @@ def test_missing_file_names_the_file(tmp_path):
         audio_duration(path)
 
 
+def test_a_folder_given_as_audio_is_named_as_a_folder(tmp_path):
+    folder = tmp_path / "clips.wav"
+    folder.mkdir()
+    with pytest.raises(DataError, match="clips.wav: is a folder, not an audio file"):
+        load_audio(folder, sample_rate=16000)
+
+
 def test_corrupt_file_names_the_file(tmp_path):
     path = tmp_path / "corrupt.wav"
     path.write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunk" + bytes(range(256)) * 4)

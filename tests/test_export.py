@@ -154,6 +154,17 @@ def test_missing_directory_is_a_model_error(tmp_path: Path) -> None:
         load_exported(tmp_path / "nowhere")
 
 
+def test_a_file_or_a_run_folder_given_as_the_model_gets_a_hint(exported: tuple[Aligner, Path]) -> None:
+    _, path = exported
+    with pytest.raises(ModelError, match=r"model.safetensors: is a file; give the exported model's folder"):
+        load_exported(path / "model.safetensors")
+    run = path.parent / "run"
+    run.mkdir()
+    os.symlink(path, run / "model")
+    with pytest.raises(ModelError, match=r"missing .*; did you mean .*run/model\?$"):
+        load_exported(run)
+
+
 def _set_version(path: Path, version: int) -> None:
     info = json.loads((path / "acalign.json").read_text())
     info["format_version"] = version

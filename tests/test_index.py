@@ -282,6 +282,12 @@ def test_out_that_is_a_file_is_a_data_error(detector, library: Path, tmp_path: P
     assert (tmp_path / "taken").read_text() == "keep me"
 
 
+def test_a_file_given_as_the_audio_folder_is_named_as_a_file(detector, tmp_path: Path) -> None:
+    (tmp_path / "one.wav").write_bytes(b"RIFF")
+    with pytest.raises(DataError, match="one.wav: is a file; give the folder"):
+        build_index(detector, tmp_path / "one.wav", tmp_path / "idx")
+
+
 def _shard_of(out: Path, file_id: str) -> str:
     return next(f.shard for f in load_index(out).files() if f.file_id == file_id)
 

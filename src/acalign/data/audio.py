@@ -235,6 +235,8 @@ def _read_mono(handle: sf.SoundFile, path: Path, frames: int) -> np.ndarray:
 
 def _open(path: Path) -> sf.SoundFile:
     """Open ``path`` with soundfile, turning every failure into a one-line DataError."""
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not an audio file")
     if not path.is_file():
         raise DataError(f"{path}: audio file not found")
     try:

@@ -174,6 +174,8 @@ def build_index(
     """
     start_time = time.perf_counter()
     root = Path(audio_dir).expanduser().resolve()
+    if root.is_file():
+        raise DataError(f"{audio_dir}: is a file; give the folder of audio files to index")
     if not root.is_dir():
         raise DataError(f"{audio_dir}: audio folder not found")
     out = ensure_directory(Path(out).expanduser().resolve())

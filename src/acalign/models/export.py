@@ -176,11 +176,14 @@ def read_meta(path: str | os.PathLike) -> tuple[Any, ExportMeta]:
     from acalign.models.aligner import AlignerConfig
 
     path = Path(path)
+    if path.is_file():
+        raise ModelError(f"{path}: is a file; give the exported model's folder ({path.parent})")
     if not path.is_dir():
         raise ModelError(f"{path}: exported model directory not found")
     missing = [name for name in FILES if not (path / name).is_file()]
     if missing:
-        raise ModelError(f"{path}: not a complete exported model, missing {', '.join(missing)}")
+        hint = f"; did you mean {path / 'model'}?" if (path / "model" / "acalign.json").is_file() else ""
+        raise ModelError(f"{path}: not a complete exported model, missing {', '.join(missing)}{hint}")
     info = _read_json(path / "acalign.json")
     if info.get("format") != FORMAT_NAME or info.get("format_version") != FORMAT_VERSION:
         raise ModelError(
