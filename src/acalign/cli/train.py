@@ -29,14 +29,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", required=True, type=Path, metavar="DIR", help="data directory with {train,val}.json and features/")
     parser.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="run directory to write")
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.ckpt")
-    parser.add_argument("--seed", type=int, default=None, help="random seed (overrides the config)")
-    parser.add_argument("--max-epochs", type=int, default=None, metavar="N", help="maximum epochs (overrides the config)")
-    parser.add_argument("--max-time", type=float, default=None, metavar="MIN", help="time budget in minutes; stops cleanly when spent")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: the config's seed)")
+    parser.add_argument("--max-epochs", type=int, default=None, metavar="N", help="maximum epochs (default: the config's max_epochs)")
+    parser.add_argument("--max-time", type=float, default=None, metavar="MIN", help="time budget in minutes; stops cleanly when spent (default: the config's max_minutes, 6 in the bundled configs)")
     parser.add_argument("--word2vec", type=Path, default=None, metavar="PATH", help="use this word2vec/GloVe file as the frozen text encoder (the paper's setting)")
-    parser.add_argument("--accelerator", default=None, help="Lightning accelerator: cpu, gpu, auto, ...")
-    parser.add_argument("--devices", default=None, help="Lightning devices: a count, a list like 0,1, or auto")
-    parser.add_argument("--num-nodes", type=int, default=None, metavar="N", help="Lightning num_nodes")
-    parser.add_argument("--strategy", default=None, help="Lightning strategy, e.g. ddp")
+    parser.add_argument("--accelerator", default=None, help="Lightning accelerator: cpu, gpu, auto, ... (default: auto)")
+    parser.add_argument("--devices", default=None, help="Lightning devices: a count, a list like 0,1, or auto (default: auto)")
+    parser.add_argument("--num-nodes", type=int, default=None, metavar="N", help="Lightning num_nodes (default: 1)")
+    parser.add_argument("--strategy", default=None, help="Lightning strategy, e.g. ddp (default: auto)")
     parser.add_argument(
         "--set",
         dest="sets",
