@@ -281,6 +281,23 @@ def test_cli_blames_the_option_the_user_typed_on_one_line(
     assert str(config) not in err[0]
 
 
+def test_values_yaml_types_differently_but_that_mean_the_same_are_taken() -> None:
+    config = resolve_config("paper", sets=["precision=32", "max_epochs=7.0", "channels_last=0"])
+    assert (config.precision, config.max_epochs, config.channels_last) == ("32", 7, False)
+    assert isinstance(config.max_epochs, int)
+
+
+def test_only_the_faulty_option_is_blamed_and_nested_keys_read_clearly() -> None:
+    with pytest.raises(AcalignError) as caught:
+        resolve_config(tiny_config(), sets=["lr=abc"], seed=3)
+    assert str(caught.value) == "--set lr=abc: lr must be a number, got 'abc'"
+    with pytest.raises(AcalignError) as caught:
+        resolve_config(tiny_config(), sets=["model.joint_dim=x"], seed=1)
+    assert str(caught.value).startswith("--set model.joint_dim=x [model]: joint_dim must be")
+    with pytest.raises(AcalignError, match=r"^--seed -1: seed must be in \[0, 4294967295\], got -1$"):
+        resolve_config(tiny_config(), seed=-1)
+
+
 def test_a_value_yaml_reads_as_text_is_taken_when_it_is_a_number() -> None:
     assert resolve_config(tiny_config(), sets=["lr=1e-3"]).lr == 1e-3
 

@@ -23,6 +23,9 @@ from acalign.errors import AcalignError, DataError
 
 T = TypeVar("T")
 
+#: The largest seed numpy and Lightning accept (seeds are in [0, MAX_SEED]).
+MAX_SEED = 2**32 - 1
+
 
 def to_dict(config: Any) -> dict[str, Any]:
     """Return a dataclass instance as a plain dictionary (tuples as lists), ready for JSON/YAML."""
@@ -55,7 +58,7 @@ def from_dict(cls: type[T], values: dict[str, Any] | None, *, source: str = "con
     for name, value in values.items():
         hint = hints.get(name, known[name].type)
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-            value = from_dict(hint, value, source=f"{source}.{name}")  # type: ignore[arg-type]
+            value = from_dict(hint, value, source=f"{source} [{name}]")  # type: ignore[arg-type]
         kwargs[name] = _checked_scalar(value, hint, name=name, source=source)
     return cls(**kwargs)
 
@@ -66,8 +69,9 @@ _SCALAR_NAMES = {bool: "true or false", int: "an integer", float: "a number", st
 def _checked_scalar(value: Any, hint: Any, *, name: str, source: str) -> Any:
     """``value`` checked against a scalar annotation (``int``, ``float | None``, ...).
 
-    Other annotations pass unchecked. A string where a float is expected is read as one when it
-    parses: YAML reads ``1e-3`` (no dot) as a string.
+    Other annotations pass unchecked. Values YAML reads as another type but that mean the
+    same are taken: ``1e-3`` (text to YAML, no dot) for a float, ``100.0`` for an int, ``0``/``1``
+    for a bool, ``32`` for a string (``precision: 32``).
     """
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     scalars = [t for t in allowed if t in _SCALAR_NAMES]
@@ -76,17 +80,28 @@ def _checked_scalar(value: Any, hint: Any, *, name: str, source: str) -> Any:
     if value is None and type(None) in allowed:
         return value
     for kind in scalars:
-        if kind is float and isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                continue
-        if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
-            return value
-        if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-            return value
+        try:
+            return _as_scalar(value, kind)
+        except ValueError:
+            continue
     expected = " or ".join(_SCALAR_NAMES[t] for t in scalars) + (" or null" if type(None) in allowed else "")
     raise AcalignError(f"{source}: {name} must be {expected}, got {value!r}")
+
+
+def _as_scalar(value: Any, kind: type) -> Any:
+    """``value`` as ``kind`` when it means one; ``ValueError`` otherwise."""
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if kind is bool and (isinstance(value, bool) or (is_int and value in (0, 1))):
+        return bool(value)
+    if kind is int and (is_int or (isinstance(value, float) and value.is_integer())):
+        return int(value)
+    if kind is float and (is_int or isinstance(value, float)):
+        return value
+    if kind is float and isinstance(value, str):
+        return float(value)
+    if kind is str and (isinstance(value, str) or is_int):
+        return str(value)
+    raise ValueError(value)
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -131,6 +146,18 @@ def require_directory_path(path: str | os.PathLike) -> Path:
     return path
 
 
+def require_file_path(path: str | os.PathLike) -> Path:
+    """Check that ``path`` is not a directory (so a file can be written there); return it.
+
+    Raises:
+        DataError: ``path`` is an existing directory.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a file name")
+    return path
+
+
 def ensure_directory(path: str | os.PathLike) -> Path:
     """Create ``path`` (and its parents) as a directory if needed; return it.
 
@@ -156,9 +183,7 @@ def atomic_output(path: str | os.PathLike, *, binary: bool = False) -> Iterator[
     Raises:
         AcalignError: ``path`` is a directory, or its folder cannot be created.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise AcalignError(f"{path}: is a directory, not a file name")
+    path = require_file_path(path)
     ensure_directory(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -14,12 +14,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from acalign.config import atomic_write_json, ensure_directory, require_directory_path
+from acalign.config import MAX_SEED, atomic_write_json, ensure_directory, require_directory_path
 from acalign.errors import AcalignError
 
 RUNS = ("default", "paper", "supervised")
-#: Seeds numpy and Lightning accept (corpus generators, ``seed_everything``).
-MAX_SEED = 2**32 - 1
 
 
 def _timed(name: str, timings: dict[str, float], func: Callable[[], Any]) -> Any:

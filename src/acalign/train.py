@@ -56,6 +56,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from acalign.config import (
+    MAX_SEED,
     atomic_write_text,
     atomic_write_yaml,
     from_dict,
@@ -214,6 +215,7 @@ class TrainConfig:
             (self.max_minutes is None or self.max_minutes > 0, f"max_minutes must be positive, got {self.max_minutes}"),
             (self.patience is None or self.patience >= 1, f"patience must be >= 1 or null, got {self.patience}"),
             (self.logit_scale > 0, f"logit_scale must be positive, got {self.logit_scale}"),
+            (0 <= self.seed <= MAX_SEED, f"seed must be in [0, {MAX_SEED}], got {self.seed}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -297,24 +299,28 @@ def resolve_config(
     else:
         path = config_path(config)
         raw, source = load_yaml(path), str(path)
-    overrides = parse_key_values(sets)
-    given = [f"--set {item}" for item in sets]
+    given = [(f"--set {item}", parse_key_values([item])) for item in sets]
     for name, flag, value in (("seed", "--seed", seed), ("max_epochs", "--max-epochs", max_epochs),
                               ("max_minutes", "--max-time", max_minutes)):
         if value is not None:
-            overrides[name] = value
-            given.append(f"{flag} {value}")
+            given.append((f"{flag} {value}", {name: value}))
     if word2vec is not None:
         if not Path(word2vec).is_file():
             raise AcalignError(f"{word2vec}: word2vec file not found")
-        overrides["model.text"] = {"kind": "word2vec", "path": str(Path(word2vec).resolve())}
+        text = {"kind": "word2vec", "path": str(Path(word2vec).resolve())}
+        given.append((f"--word2vec {word2vec}", {"model.text": text}))
+    overrides = {key: value for _, single in given for key, value in single.items()}
     try:
         return _validated_config(apply_overrides(raw, overrides), source)
     except AcalignError:
         if not given or not _is_valid_config(raw, source):
             raise
-    # The file alone is fine, so the options are to blame: name them, not the file.
-    return _validated_config(apply_overrides(raw, overrides), ", ".join(given))
+    # The file alone is fine, so an option is to blame: name the first that fails on its own,
+    # or all of them when only their combination fails.
+    for description, single in given:
+        if not _is_valid_config(apply_overrides(raw, single), description):
+            return _validated_config(apply_overrides(raw, single), description)
+    return _validated_config(apply_overrides(raw, overrides), ", ".join(d for d, _ in given))
 
 
 def _validated_config(raw: dict[str, Any], source: str) -> TrainConfig:

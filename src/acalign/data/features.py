@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from acalign.config import ensure_directory, from_dict, to_dict
+from acalign.config import ensure_directory, from_dict, require_file_path, to_dict
 from acalign.errors import AcalignError, DataError
 from acalign.runtime import tune_malloc
 
@@ -831,7 +831,7 @@ def extract_files(
         far stay in the partial store for a resumed run); an existing store was made with a
         different config.
     """
-    out_path = _output_file(out_path)
+    out_path = require_file_path(out_path)
     items = [(str(a), str(p)) for a, p in items]
     _check_unique(items, out_path)
     total_items = len(items)
@@ -854,15 +854,6 @@ def extract_files(
         )
         _finish_store(handle, skipped)
     os.replace(partial, out_path)
-    return out_path
-
-
-def _output_file(out_path: str | os.PathLike) -> Path:
-    """``out_path`` as a Path, refused up front if it is a directory (the final rename onto it
-    would fail only after all the work)."""
-    out_path = Path(out_path)
-    if out_path.is_dir():
-        raise DataError(f"{out_path}: is a directory; give the store's file name, e.g. {out_path / 'features.h5'}")
     return out_path
 
 
@@ -1127,7 +1118,7 @@ def merge_feature_stores(
     """
     import h5py
 
-    out_path = _output_file(out_path)
+    out_path = require_file_path(out_path)
     if not shards:
         raise AcalignError("merge needs at least one shard store")
     if out_path.exists() and not overwrite:
