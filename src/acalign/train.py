@@ -100,6 +100,7 @@ def _tidy_lightning_logging() -> None:
     if not any(isinstance(f, _DropLightningTips) for f in rank_zero.filters):
         rank_zero.addFilter(_DropLightningTips())
 
+
 LOSSES = ("triplet", "infonce", "bce")
 PRECISIONS = ("auto", "32", "32-true", "bf16-mixed", "bf16-true", "16-mixed")
 RETRIEVAL_METRICS = (
