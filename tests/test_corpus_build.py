@@ -272,3 +272,11 @@ def test_an_out_path_that_is_a_file_is_refused_before_any_work(tmp_path: Path) -
     with pytest.raises(AcalignError, match="corpus.txt: exists and is not a directory"):
         build_corpus(build_config(size="tiny"), blocker, cache=tmp_path / "cache")
     assert blocker.read_text() == "keep me" and not (tmp_path / "cache").exists()
+
+
+def test_a_seed_numpy_refuses_is_a_one_line_error_before_any_work(tmp_path: Path) -> None:
+    from acalign.errors import AcalignError
+
+    with pytest.raises(AcalignError, match=r"seed must be in \[0, 4294967295\], got -1"):
+        build_corpus(build_config(size="tiny", seed=-1), tmp_path / "corpus", cache=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()

@@ -27,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from acalign.config import (
+    MAX_SEED,
     atomic_write_json,
     atomic_write_yaml,
     from_dict,
@@ -119,6 +120,8 @@ class CorpusConfig:
             raise AcalignError("--library and --labels go together")
         if self.library is None and not self.packages:
             raise AcalignError("no packages selected and no --library given")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise AcalignError(f"seed must be in [0, {MAX_SEED}], got {self.seed}")
         if not 8000 <= self.sample_rate <= 48000:
             raise AcalignError(f"sample_rate must be within 8000..48000 Hz, got {self.sample_rate}")
         if self.min_recordings < 1:
