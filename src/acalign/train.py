@@ -319,8 +319,7 @@ def resolve_config(
     # The file alone is fine, so an option is to blame: name the first that fails on its own,
     # or all of them when only their combination fails.
     for description, single in given:
-        if not _is_valid_config(apply_overrides(raw, single), description):
-            return _validated_config(apply_overrides(raw, single), description)
+        _validated_config(apply_overrides(raw, single), description)
     return _validated_config(apply_overrides(raw, overrides), ", ".join(d for d, _ in given))
 
 

@@ -100,16 +100,12 @@ def parse_compare(items: list[str], *, run_dir: Path, name: str) -> dict[str, Pa
         if not sep or not key or not value:
             raise AcalignError(f"--compare expects NAME=RUN_DIR, got {item!r}")
         path = Path(value)
-        if key in compare or (key == name and not _same_folder(path, run_dir)):
+        this_run = path.resolve() == run_dir.resolve()
+        if key in compare or (key == name and not this_run):
             raise AcalignError(f"--compare {item}: the name {key!r} is already taken (see --name)")
         if not path.is_dir():
             raise AcalignError(f"--compare {item}: run folder {path} not found")
-        if not _same_folder(path, run_dir):
+        if not this_run:
             read_metrics(path)  # names RUN_DIR/metrics.json when it is missing or unreadable
         compare[key] = path
     return compare
-
-
-def _same_folder(a: Path, b: Path) -> bool:
-    """Whether two paths name the same folder (``b`` may not exist yet)."""
-    return a.resolve() == b.resolve()

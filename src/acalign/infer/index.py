@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 INDEX_FORMAT = 1
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3"})
 _META = "index.json"
+_RERUN = "re-run acalign index"  # how to repair a damaged index, where no command is known
 _LOCK = ".lock"
 
 
@@ -260,10 +261,10 @@ def _damaged_shards(
 
 def _bad_shard_file(out: Path, shard: str, counts: dict[str, int], *, dim: int) -> Path | None:
     """The first of a shard's data files that is missing or truncated, or None."""
-    frames = out / f"frames-{shard}.f16"
+    frames = _frames_file(out, shard)
     if not _data_file_ok(frames, np.float16, counts["frames"], dim):
         return frames
-    chunks = out / f"chunks-{shard}.f32"
+    chunks = _chunks_file(out, shard)
     if not _data_file_ok(chunks, np.float32, counts["chunks"], dim):
         return chunks
     return None
@@ -343,8 +344,8 @@ def _embed_files(
     rows: dict[str, IndexedFile] = {}
     chunk_count = 0
     with (
-        open(out / f"frames-{shard_id}.f16", "wb") as frames_out,
-        open(out / f"chunks-{shard_id}.f32", "wb") as chunks_out,
+        open(_frames_file(out, shard_id), "wb") as frames_out,
+        open(_chunks_file(out, shard_id), "wb") as chunks_out,
     ):
         for file_id in tqdm(file_ids, desc="indexing", unit="file", disable=not progress):
             path = root / file_id
@@ -447,8 +448,8 @@ def _compact_if_wasteful(
     new_rows = []
     frame_count = chunk_count = 0
     with (
-        open(out / f"frames-{shard_id}.f16", "wb") as frames_out,
-        open(out / f"chunks-{shard_id}.f32", "wb") as chunks_out,
+        open(_frames_file(out, shard_id), "wb") as frames_out,
+        open(_chunks_file(out, shard_id), "wb") as chunks_out,
     ):
         for r in rows:
             frames_out.write(np.ascontiguousarray(frames_src[r.shard][r.row : r.row + r.n_frames]))
@@ -541,19 +542,27 @@ def _remove_unreferenced(out: Path, state: dict[str, Any]) -> None:
     """Delete shard, FAISS and temporary files the committed ``index.json`` does not name."""
     keep = {_META, _LOCK, state["faiss"]}
     for shard in state["shards"]:
-        keep |= {f"frames-{shard}.f16", f"chunks-{shard}.f32"}
+        keep |= {_frames_file(out, shard).name, _chunks_file(out, shard).name}
     for path in out.iterdir():
         ours = path.name.startswith(("frames-", "chunks-", "faiss-", f".{_META}.", ".faiss-"))
         if ours and path.name not in keep and path.is_file():
             path.unlink(missing_ok=True)
 
 
-def _open_frames(out: Path, shard: str, rows: int, dim: int) -> np.ndarray:
-    return _memmap(out / f"frames-{shard}.f16", np.float16, rows, dim)
+def _frames_file(out: Path, shard: str) -> Path:
+    return out / f"frames-{shard}.f16"
+
+
+def _chunks_file(out: Path, shard: str) -> Path:
+    return out / f"chunks-{shard}.f32"
+
+
+def _open_frames(out: Path, shard: str, rows: int, dim: int, *, repair: str = _RERUN) -> np.ndarray:
+    return _memmap(_frames_file(out, shard), np.float16, rows, dim, repair=repair)
 
 
 def _open_chunks(out: Path, shard: str, rows: int, dim: int) -> np.ndarray:
-    return _memmap(out / f"chunks-{shard}.f32", np.float32, rows, dim)
+    return _memmap(_chunks_file(out, shard), np.float32, rows, dim)
 
 
 def _data_file_ok(path: Path, dtype: type, rows: int, dim: int) -> bool:
@@ -563,11 +572,12 @@ def _data_file_ok(path: Path, dtype: type, rows: int, dim: int) -> bool:
     return path.is_file() and path.stat().st_size >= rows * dim * np.dtype(dtype).itemsize
 
 
-def _memmap(path: Path, dtype: type, rows: int, dim: int) -> np.ndarray:
+def _memmap(path: Path, dtype: type, rows: int, dim: int, *, repair: str = _RERUN) -> np.ndarray:
+    """Map ``rows`` rows of ``path``; a missing or truncated file is a DataError ending in ``repair``."""
     if rows == 0:
         return np.zeros((0, dim), dtype=dtype)
     if not _data_file_ok(path, dtype, rows, dim):
-        raise DataError(f"{path}: index data file missing or truncated; re-run acalign index")
+        raise DataError(f"{path}: index data file missing or truncated; {repair}")
     return np.memmap(path, dtype=dtype, mode="r", shape=(rows, dim))
 
 
@@ -658,15 +668,10 @@ class AudioIndex:
 
     def _map_frames(self, state: dict[str, Any]) -> dict[str, np.ndarray]:
         """Memory-map every shard's frames; a missing or truncated file names the repair."""
-        for shard, counts in state["shards"].items():
-            path = self.path / f"frames-{shard}.f16"
-            if not _data_file_ok(path, np.float16, counts["frames"], self.dim):
-                raise DataError(
-                    f"{path}: index data file missing or truncated; "
-                    f"repair it with: {_repair_command(state, self.path)}"
-                )
+        repair = f"repair it with: {_repair_command(state, self.path)}"
         return {
-            s: _open_frames(self.path, s, c["frames"], self.dim) for s, c in state["shards"].items()
+            s: _open_frames(self.path, s, c["frames"], self.dim, repair=repair)
+            for s, c in state["shards"].items()
         }
 
     def _chunk_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
