@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from acalign.data.corpus.sources import parse_apt_depends, runtime_dependencies
+from acalign.data.corpus.apt import parse_apt_depends, runtime_dependencies
 
 # Shaped like `apt-cache depends --recurse --no-recommends ...` (Debian 12), trimmed.
 APT_OUTPUT = """\

@@ -9,17 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from acalign.data.corpus.sources import (
-    AptFetcher,
-    default_cache_dir,
-    ensure_package,
-    extract_package,
-)
+from acalign.data.corpus.apt import AptFetcher
+from acalign.data.corpus.sources import default_cache_dir, ensure_package, extract_package
 from acalign.data.corpus.taxonomy import PackageInfo
 
 pytestmark = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb not available")
 
-INFO = PackageInfo("fake-data", "CC0-1.0", zip="usr/share/fake/data.zip", zip_prefix="audio/", skip=("/music/",))
+INFO = PackageInfo(
+    "fake-data", "CC0-1.0", archives=("usr/share/fake/*.zip",), archive_prefix="audio/", skip=("/music/",)
+)
 
 
 def _make_deb(tmp_path: Path) -> Path:
@@ -78,7 +76,7 @@ def test_changed_selection_rules_re_extract(tmp_path: Path) -> None:
     deb = _make_deb(tmp_path)
     dest = tmp_path / "cache" / "audio" / "fake-data"
     extract_package(deb, INFO, dest)
-    keep_music = PackageInfo(INFO.name, INFO.licence, zip=INFO.zip, zip_prefix=INFO.zip_prefix, skip=())
+    keep_music = PackageInfo(INFO.name, INFO.licence, archives=INFO.archives, archive_prefix=INFO.archive_prefix, skip=())
     fetcher = AptFetcher(tmp_path / "cache", debs_dirs=[deb.parent])
     files = ensure_package(fetcher, keep_music, dest)["files"]
     assert "usr/share/fake/music/song.ogg" in files and "usr/share/fake/data.zip/audio/music/y.ogg" in files

@@ -1,4 +1,5 @@
-"""Build the embedded corpus: recordings → family splits → clip plans → mixed clips → manifests.
+"""Build the embedded corpus: recordings → duplicates dropped → splits → clip plans → mixed clips
+→ manifests.
 
 Everything random flows from ``CorpusConfig.seed`` through per-clip generators
 (``default_rng([seed, split, index])``), so the same settings give byte-identical manifests and
@@ -15,11 +16,10 @@ import multiprocessing.pool
 import os
 import shutil
 import time
-import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -38,53 +38,54 @@ from acalign.config import (
 from acalign.data.manifest import Clip, Manifest, write_manifest
 from acalign.errors import AcalignError, DataError
 
+from .apt import AptFetcher
 from .captions import Mention, generate_captions, merge_segments
+from .dedup import duplicate_groups
+from .instruments import soundfont_recordings
 from .library import read_library
 from .mixing import (
-    BackgroundPlan,
     ClipPlan,
-    EventPlan,
     MixConfig,
-    Piece,
     PlacedEvent,
+    load_fingerprint,
     prepare_recording,
     prepared_path,
     render_clip,
     write_wav,
 )
+from .planning import PlanSettings, plan_clip, split_pool
 from .report import corpus_stats, write_attribution, write_used_catalogue
-from .sources import (
-    DEFAULT_PACKAGES,
-    AptFetcher,
-    Recording,
-    ensure_package,
-    find_espeak,
-    package_recordings,
-    speech_recordings,
-    write_catalogue,
-)
-from .taxonomy import SoundClass, load_taxonomy
+from .sources import Recording, ensure_package, package_recordings, write_catalogue
+from .speech import find_espeak, speech_recordings
+from .splits import SPLITS, drop_duplicates, family_splits, unseen_split
+from .taxonomy import SoundClass, Taxonomy, check_package_allowed, load_taxonomy
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
-SIZES: dict[str, tuple[int, int, int]] = {
-    "tiny": (60, 12, 18),
-    "small": (400, 40, 60),
-    "default": (2000, 200, 300),
-    "large": (8000, 400, 600),
+#: Clips per split: train, val, test, test_unseen.
+SIZES: dict[str, tuple[int, int, int, int]] = {
+    "tiny": (60, 12, 18, 18),
+    "small": (400, 40, 60, 60),
+    "default": (3000, 300, 300, 300),
+    "large": (20000, 1000, 1000, 1000),
 }
-CAPTIONS_PER_CLIP = {"train": 1, "val": 5, "test": 5}
+CAPTIONS_PER_CLIP = {"train": 1, "val": 5, "test": 5, "test_unseen": 5}
 CONFIG_FILE = "corpus.yaml"
 
 
 @dataclass
 class CorpusConfig:
-    """Every setting that shapes a corpus; saved as ``corpus.yaml`` inside it."""
+    """Every setting that shapes a corpus; saved as ``corpus.yaml`` inside it.
+
+    ``packages`` ``None`` takes every package of the taxonomy; ``unseen_packages`` ``None``
+    takes the taxonomy's held-out packages (``[]``: no ``test_unseen`` split). ``clips`` gives
+    train, val, test and test_unseen clip counts (three counts: test_unseen as many as test).
+    """
 
     seed: int = 0
     clips: list[int] = field(default_factory=lambda: list(SIZES["default"]))
-    packages: list[str] = field(default_factory=lambda: list(DEFAULT_PACKAGES))
+    packages: list[str] | None = None
+    unseen_packages: list[str] | None = None
     speech: bool = True
     library: str | None = None
     labels: str | None = None
@@ -94,32 +95,47 @@ class CorpusConfig:
     threshold_db: float = -35.0
     masking_db: float = -10.0
     min_recordings: int = 3
-    event_count_probs: list[float] = field(default_factory=lambda: [0.3, 0.35, 0.25, 0.1])
+    soundfont_recordings: int = 24
+    event_count_probs: list[float] = field(default_factory=lambda: [0.25, 0.35, 0.25, 0.15])
     repeat_class_prob: float = 0.1
-    background_prob: float = 0.75
+    overlap_prob: float = 0.3
+    background_prob: float = 0.8
     background_mention_prob: float = 0.5
-    background_level_db: list[float] = field(default_factory=lambda: [-32.0, -24.0])
-    snr_db: list[float] = field(default_factory=lambda: [3.0, 20.0])
+    background_level_db: list[float] = field(default_factory=lambda: [-34.0, -22.0])
+    snr_db: list[float] = field(default_factory=lambda: [-2.0, 24.0])
     distant_prob: float = 0.15
-    distant_snr_db: list[float] = field(default_factory=lambda: [-4.0, 2.0])
+    distant_snr_db: list[float] = field(default_factory=lambda: [-6.0, 2.0])
     excerpt_seconds: list[float] = field(default_factory=lambda: [2.0, 6.0])
     max_event_seconds: float = 8.0
     val_fraction: float = 0.10
     test_fraction: float = 0.15
+
+    def __post_init__(self) -> None:
+        if len(self.clips) == 3:
+            self.clips = [*self.clips, self.clips[2]]
 
     @property
     def mix(self) -> MixConfig:
         """The signal settings used by preparation and mixing."""
         return MixConfig(self.sample_rate, self.clip_seconds, self.threshold_db, self.masking_db)
 
+    @property
+    def plan(self) -> PlanSettings:
+        """The settings clip planning reads."""
+        return PlanSettings(**{f.name: getattr(self, f.name) for f in fields(PlanSettings)})
+
     def validate(self) -> None:
         """Raise :class:`AcalignError` for settings that cannot build a corpus."""
-        if len(self.clips) != 3 or any(int(n) < 1 for n in self.clips):
-            raise AcalignError(f"clips must be three positive counts (train, val, test), got {self.clips}")
+        if len(self.clips) != 4 or any(int(n) < 0 for n in self.clips) or min(self.clips[:3]) < 1:
+            raise AcalignError(
+                f"clips must be positive counts for train, val and test (and test_unseen >= 0), got {self.clips}"
+            )
         if (self.library is None) != (self.labels is None):
             raise AcalignError("--library and --labels go together")
-        if self.library is None and not self.packages:
+        if self.library is None and self.packages is not None and not self.packages:
             raise AcalignError("no packages selected and no --library given")
+        for name in [*(self.packages or ()), *(self.unseen_packages or ())]:
+            check_package_allowed(name)
         if not 0 <= self.seed <= MAX_SEED:
             raise AcalignError(f"seed must be in [0, {MAX_SEED}], got {self.seed}")
         if not 8000 <= self.sample_rate <= 48000:
@@ -131,6 +147,18 @@ class CorpusConfig:
                 f"max_event_seconds must be within (0, clip_seconds={self.clip_seconds}], "
                 f"got {self.max_event_seconds}"
             )
+        if not 0 <= self.overlap_prob <= 1:
+            raise AcalignError(f"overlap_prob must be within [0, 1], got {self.overlap_prob}")
+
+    def source_packages(self, taxonomy: Taxonomy) -> list[str]:
+        """The packages drawn from: ``packages``, or every package of the taxonomy."""
+        return list(taxonomy.packages) if self.packages is None else list(self.packages)
+
+    def held_out_packages(self, taxonomy: Taxonomy) -> list[str]:
+        """The packages of ``test_unseen`` among the source packages."""
+        held = taxonomy.unseen_packages if self.unseen_packages is None else self.unseen_packages
+        sources = set(self.source_packages(taxonomy))
+        return [p for p in held if p in sources]
 
 
 @dataclass
@@ -148,25 +176,35 @@ class BuildResult:
 def collect_recordings(
     config: CorpusConfig, *, cache: Path, debs_dirs: Sequence[Path] = (), progress: bool = True
 ) -> tuple[list[Recording], dict[str, SoundClass]]:
-    """Gather the recordings a build draws on (packages + espeak speech, or a user library)."""
+    """Gather the recordings a build draws on (packages, rendered SoundFonts and espeak speech,
+    or a user library), sorted by id, and the classes by name."""
     taxonomy = load_taxonomy(config.taxonomy)
     if config.library is not None:
         return read_library(config.library, config.labels, taxonomy)
     fetcher = AptFetcher(cache, debs_dirs=debs_dirs)
     recordings: list[Recording] = []
-    for package in config.packages:
+    for package in config.source_packages(taxonomy):
         if package not in taxonomy.packages:
             known = ", ".join(sorted(taxonomy.packages))
             raise AcalignError(f"package {package!r} is not in the taxonomy; known: {known}")
-        marker = ensure_package(fetcher, taxonomy.packages[package], cache / "audio" / package, progress=progress)
-        recordings += package_recordings(taxonomy, marker, cache / "audio" / package)
+        info = taxonomy.packages[package]
+        root = cache / "audio" / package
+        marker = ensure_package(fetcher, info, root, progress=progress)
+        recordings += package_recordings(taxonomy, marker, root)
+        if info.soundfonts:
+            bar = _bar(progress, desc=f"rendering {package}", unit="phrase")
+            recordings += soundfont_recordings(
+                taxonomy, info, marker, root, cache, sample_rate=config.sample_rate,
+                per_class=config.soundfont_recordings, progress=bar,
+            )
     speech_classes = [c for c in taxonomy.classes.values() if c.speech is not None]
     if config.speech and speech_classes:
         espeak = find_espeak(fetcher, cache)
         bar = _bar(progress, desc="espeak-ng speech", unit="utt")
         recordings += speech_recordings(espeak, taxonomy, speech_classes, cache, progress=bar)
-    write_catalogue(sorted(recordings, key=lambda r: r.recording_id), cache / "catalogue.csv")
-    return sorted(recordings, key=lambda r: r.recording_id), dict(taxonomy.classes)
+    recordings.sort(key=lambda r: r.recording_id)
+    write_catalogue(recordings, cache / "catalogue.csv")
+    return recordings, dict(taxonomy.classes)
 
 
 def prepare_all(
@@ -202,143 +240,19 @@ def _prepare_job(job: tuple[Recording, Path, MixConfig]) -> tuple[str, float]:
         return job[0].recording_id, -1.0
 
 
-# --------------------------------------------------------------------------- splits
+def deduplicate(
+    recordings: Sequence[Recording], cache: Path, mix: MixConfig, *, held_out: Sequence[str] = ()
+) -> tuple[list[Recording], dict[str, str]]:
+    """Drop copies of one recording shipped by several packages (or twice by one).
 
-
-def assign_splits(
-    recordings: Sequence[Recording], *, seed: int, val_fraction: float = 0.1, test_fraction: float = 0.15
-) -> dict[str, str]:
-    """Assign every recording family to one split; return family → split.
-
-    Per class (in name order): with ≥ 3 families, the smallest family goes to test and the next
-    to val, the rest (largest first) to whichever split is furthest below its share of the
-    class's recordings; with 2 families the smaller goes to test, the other to train; a single
-    family goes to train. A family shared by several classes keeps its first assignment.
+    Returns the recordings kept and ``dropped copy id → kept id``.
     """
-    families: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for rec in recordings:
-        families[rec.label][rec.family] += 1
-    targets = {"train": 1 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
-    assignment: dict[str, str] = {}
-    for label in sorted(families):
-        sizes = families[label]
-        rng = np.random.default_rng([seed, zlib.crc32(label.encode())])
-        shuffled = [sorted(sizes)[i] for i in rng.permutation(len(sizes))]
-        ascending = sorted(shuffled, key=lambda f: sizes[f])  # stable: ties keep the shuffle
-        counts = {s: 0 for s in SPLITS}
-        for fam in ascending:
-            if fam in assignment:
-                counts[assignment[fam]] += sizes[fam]
-        free = [f for f in ascending if f not in assignment]
-        if len(sizes) >= 3:
-            for split in ("test", "val"):
-                if free and not _has_family(sizes, assignment, split):
-                    fam = free.pop(0)
-                    assignment[fam] = split
-                    counts[split] += sizes[fam]
-        elif len(sizes) == 2 and free and not _has_family(sizes, assignment, "test"):
-            fam = free.pop(0)
-            assignment[fam] = "test"
-            counts["test"] += sizes[fam]
-        total = sum(sizes.values())
-        for fam in reversed(free):
-            if len(sizes) < 3:
-                split = "train"
-            else:
-                split = max(SPLITS, key=lambda s: targets[s] * total - counts[s])
-            assignment[fam] = split
-            counts[split] += sizes[fam]
-    return assignment
-
-
-def _has_family(sizes: dict[str, int], assignment: dict[str, str], split: str) -> bool:
-    return any(assignment.get(f) == split for f in sizes)
-
-
-# --------------------------------------------------------------------------- planning
-
-
-@dataclass
-class _SplitPool:
-    """Recordings of one split, by class, for planning."""
-
-    events: dict[str, list[Recording]]
-    backgrounds: dict[str, list[Recording]]
-    by_family: dict[str, list[Recording]]
-
-
-def _split_pool(recordings: Sequence[Recording], classes: dict[str, SoundClass], split_of: dict[str, str], split: str) -> _SplitPool:
-    events: dict[str, list[Recording]] = defaultdict(list)
-    backgrounds: dict[str, list[Recording]] = defaultdict(list)
-    by_family: dict[str, list[Recording]] = defaultdict(list)
-    for rec in recordings:
-        if split_of[rec.family] != split:
-            continue
-        sound_class = classes[rec.label]
-        if sound_class.is_event:
-            events[rec.label].append(rec)
-        if sound_class.is_background:
-            backgrounds[rec.label].append(rec)
-        by_family[(rec.label, rec.family)].append(rec)
-    return _SplitPool(dict(events), dict(backgrounds), dict(by_family))
-
-
-def plan_clip(
-    config: CorpusConfig, classes: dict[str, SoundClass], pool: _SplitPool, *, split: str, index: int
-) -> ClipPlan:
-    """Draw one clip's background and events from its own seeded generator."""
-    split_index = SPLITS.index(split)
-    rng = np.random.default_rng([config.seed, split_index, index])
-    sr = config.sample_rate
-    n = round(config.clip_seconds * sr)
-    background = BackgroundPlan(label=None, recording=None, level_db=float(rng.uniform(*config.background_level_db)))
-    if pool.backgrounds and rng.random() < config.background_prob:
-        label = _choice(rng, sorted(pool.backgrounds))
-        rec = _choice(rng, pool.backgrounds[label])
-        room = max(1, round(rec.duration * sr) - n)
-        background = BackgroundPlan(label, rec.recording_id, int(rng.integers(room)), background.level_db)
-    labels = [lab for lab in sorted(pool.events) if lab != background.label]
-    if not labels:
-        raise AcalignError(f"split {split}: no event class has recordings")
-    probs = np.asarray(config.event_count_probs, dtype=float)
-    count = min(int(rng.choice(len(probs), p=probs / probs.sum())) + 1, len(labels))
-    chosen = [labels[i] for i in rng.choice(len(labels), size=count, replace=False)]
-    if rng.random() < config.repeat_class_prob and count < len(probs):
-        chosen.append(chosen[0])  # the same class twice: its phrase covers both segments
-    events = [_plan_event(config, classes[label], pool, rng) for label in chosen]
-    return ClipPlan(f"{split}_{index:05d}.wav", split, int(rng.integers(2**31)), background, events)
-
-
-def _plan_event(config: CorpusConfig, sound_class: SoundClass, pool: _SplitPool, rng: np.random.Generator) -> EventPlan:
-    sr = config.sample_rate
-    rec = _choice(rng, pool.events[sound_class.name])
-    length = round(rec.duration * sr)
-    compose = sound_class.compose
-    if compose is not None and rec.duration < compose.max_source:
-        same = pool.by_family[(rec.label, rec.family)] if compose.same_family else pool.events[rec.label]
-        pieces, offset = [], 0
-        for _ in range(int(rng.integers(compose.repeat[0], compose.repeat[1] + 1))):
-            piece = _choice(rng, same)
-            pieces.append(Piece(piece.recording_id, 0, round(piece.duration * sr), offset))
-            offset += round(rng.uniform(*compose.gap) * sr)
-            if offset >= config.max_event_seconds * sr:
-                break
-    elif rec.duration > config.max_event_seconds or (
-        sound_class.speech is None and rec.duration > config.excerpt_seconds[1]
-    ):
-        high = min(config.excerpt_seconds[1], config.max_event_seconds)
-        excerpt = round(rng.uniform(config.excerpt_seconds[0], high) * sr)
-        start = int(rng.integers(max(1, length - excerpt)))
-        pieces = [Piece(rec.recording_id, start, excerpt, 0, fade=True)]
-    else:
-        pieces = [Piece(rec.recording_id, 0, length, 0)]
-    distant = bool(rng.random() < config.distant_prob)
-    snr = rng.uniform(*(config.distant_snr_db if distant else config.snr_db))
-    return EventPlan(sound_class.name, pieces, float(rng.random()), float(snr), distant)
-
-
-def _choice(rng: np.random.Generator, items: Sequence[Any]) -> Any:
-    return items[int(rng.integers(len(items)))]
+    prints = [load_fingerprint(rec, cache, mix) for rec in recordings]
+    groups = duplicate_groups([r.duration for r in recordings], prints)
+    result = drop_duplicates(recordings, groups, held_out=held_out)
+    if result.dropped:
+        log.info("%d duplicate recordings left out", len(result.dropped))
+    return result.recordings, result.dropped
 
 
 # --------------------------------------------------------------------------- rendering
@@ -401,6 +315,7 @@ def _clip_manifest_entry(
             merge_segments([(e.onset, e.offset) for e in group]),
             count=len(group),
             distant=all(e.distant for e in group),
+            snr_db=max(e.snr_db for e in group),
         )
         for label, group in sorted(by_label.items())
     ]
@@ -411,7 +326,8 @@ def _clip_manifest_entry(
     rng = np.random.default_rng([config.seed, SPLITS.index(split), index, 1])
     stem = meta["audio_id"].rsplit(".", 1)[0]
     captions = generate_captions(
-        mentions, background, rng, count=CAPTIONS_PER_CLIP[split], id_prefix=stem
+        mentions, background, rng, count=CAPTIONS_PER_CLIP[split], id_prefix=stem,
+        mention_background=config.background_mention_prob,
     ) if mentions else []
     return Clip(meta["audio_id"], captions, duration=config.clip_seconds)
 
@@ -431,18 +347,23 @@ def build_corpus(
 ) -> BuildResult:
     """Build (or resume) a corpus in ``out``; see the module docstring and ``acalign corpus build``.
 
-    Writes ``{train,val,test}.json`` (v2 manifests), ``audio/{split}/*.wav``, ``events/{split}.json``
-    (every placed event), ``catalogue.csv``, ``SOURCES.md``, ``licences/``, ``stats.json`` and
+    Writes ``{train,val,test,test_unseen}.json`` (v2 manifests; ``test_unseen`` when held-out
+    packages are among the sources), ``audio/{split}/*.wav``, ``events/{split}.json`` (every
+    placed event), ``catalogue.csv``, ``SOURCES.md``, ``licences/``, ``stats.json`` and
     ``corpus.yaml`` (this config); ``build_info.json`` holds the timings.
 
-    Raises:
-        AcalignError: ``out`` holds a corpus built with other settings (unless ``force``), or
-            the sources cannot be fetched.
+    Raises
+    ------
+    AcalignError
+        ``out`` holds a corpus built with other settings (unless ``force``), or the sources
+        cannot be fetched.
     """
     config.validate()
     out, cache = require_directory_path(out), Path(cache).expanduser()
     workers = max(1, workers or os.cpu_count() or 1)
     _check_previous(config, out, force=force)
+    taxonomy = load_taxonomy(config.taxonomy)
+    held_out = [] if config.library is not None else config.held_out_packages(taxonomy)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     recordings, classes = collect_recordings(config, cache=cache, debs_dirs=[Path(d) for d in debs_dirs], progress=progress)
@@ -450,10 +371,16 @@ def build_corpus(
 
     clock = time.perf_counter()
     recordings = prepare_all(recordings, cache, config.mix, workers=workers, progress=progress)
-    recordings, dropped = _keep_classes(recordings, classes, config.min_recordings)
+    recordings, duplicates = deduplicate(recordings, cache, config.mix, held_out=held_out)
+    seen, unseen = unseen_split(recordings, held_out)
+    seen, dropped = _keep_classes(seen, classes, config.min_recordings)
+    unseen = [r for r in unseen if r.label not in dropped]
+    recordings = sorted(seen + unseen, key=lambda r: r.recording_id)
     if dropped:
         log.info("classes left out (fewer than %d recordings): %s", config.min_recordings, ", ".join(dropped))
-    split_of = assign_splits(recordings, seed=config.seed, val_fraction=config.val_fraction, test_fraction=config.test_fraction)
+    split_of = family_splits(
+        seen, unseen, seed=config.seed, val_fraction=config.val_fraction, test_fraction=config.test_fraction
+    )
     prepared = {r.recording_id: str(prepared_path(r, cache, config.sample_rate, config.threshold_db)) for r in recordings}
     timings["prepare"] = time.perf_counter() - clock
 
@@ -462,8 +389,11 @@ def build_corpus(
     _invalidate_stale_clips(out, _fingerprint(recordings, classes, split_of))
     manifests, metas = {}, {}
     for split, n_clips in zip(SPLITS, config.clips, strict=True):
-        pool = _split_pool(recordings, classes, split_of, split)
-        plans = [plan_clip(config, classes, pool, split=split, index=i) for i in range(int(n_clips))]
+        if split == "test_unseen" and (not unseen or not n_clips):
+            _remove_split(out, split)
+            continue
+        pool = split_pool(recordings, classes, split_of, split)
+        plans = [plan_clip(config.plan, classes, pool, split=split, index=i) for i in range(int(n_clips))]
         metas[split] = render_split(plans, prepared, config, out, workers=workers, progress=progress)
         clips = [_clip_manifest_entry(m, classes, config, split=split, index=i) for i, m in enumerate(metas[split])]
         manifests[split] = Manifest(clips, source=str(out / f"{split}.json"))
@@ -473,12 +403,23 @@ def build_corpus(
     timings["mix"] = time.perf_counter() - clock
 
     stats = corpus_stats(manifests, metas, recordings, split_of, classes, config.clip_seconds, dropped)
+    stats["held_out_packages"] = held_out
+    stats["duplicates_dropped"] = len(duplicates)
     atomic_write_json(out / "stats.json", stats)
+    atomic_write_json(out / "duplicates.json", duplicates)
     write_used_catalogue(recordings, split_of, metas, out / "catalogue.csv")
     write_attribution(recordings, metas, out, cache)
     timings = {k: round(v, 2) for k, v in timings.items()}
     atomic_write_json(out / "build_info.json", {"timings_s": timings, "workers": workers})
     return BuildResult(out, stats, timings)
+
+
+def _remove_split(out: Path, split: str) -> None:
+    """Remove what an earlier build with other settings wrote for ``split``."""
+    for path in (out / f"{split}.json", out / "events" / f"{split}.json"):
+        path.unlink(missing_ok=True)
+    if (out / "audio" / split).is_dir():
+        shutil.rmtree(out / "audio" / split)
 
 
 def _keep_classes(

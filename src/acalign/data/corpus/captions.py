@@ -32,6 +32,7 @@ class Mention:
     count: int = 1
     distant: bool = False
     background: bool = False
+    snr_db: float | None = None
 
     @property
     def onset(self) -> float:
@@ -98,27 +99,48 @@ def _relation(first: Mention, second: Mention) -> str:
 
 
 _CLAUSE_JOINS = {
-    "before": [", followed by {n}", ", then {c}", "and then {c}", "before {c}", "and later {c}", "and {c}"],
-    "after": ["after {c}", "and {c}", ", with {n} earlier"],
-    "overlap": ["while {c}", "as {c}", "and {c}", "with {n}", "along with {n}", "while {c} at the same time"],
+    "before": [", followed by {n}", ", then {c}", "and then {c}", "before {c}", "and later {c}", "and {c}",
+               ", after which {c}", "and soon {c}", "until {c}", ", and finally {c}"],
+    "after": ["after {c}", "and {c}", ", with {n} earlier", "once {c}", ", shortly after {n}"],
+    "overlap": ["while {c}", "as {c}", "and {c}", "with {n}", "along with {n}", "while {c} at the same time",
+                "as well as {n}", "and meanwhile {c}", "accompanied by {n}"],
 }
 _NOUN_JOINS = {
-    "before": ["followed by {n}", "and then {n}", "and {n}", ", then {n}"],
-    "after": ["and {n}", "after {n}"],
-    "overlap": ["and {n}", "with {n}", "along with {n}", "together with {n}"],
+    "before": ["followed by {n}", "and then {n}", "and {n}", ", then {n}", "and later {n}"],
+    "after": ["and {n}", "after {n}", "following {n}"],
+    "overlap": ["and {n}", "with {n}", "along with {n}", "together with {n}", "as well as {n}", "mixed with {n}"],
 }
+#: Openings of a caption: its first mention as a clause, or a noun phrase framed by these words.
+_NOUN_OPENINGS = ["{n}", "{n}", "{n}", "{n} can be heard", "you can hear {n}", "we hear {n}"]
+
+
+LOUD_SNR_DB = 16.0  # an event this far above its background is described as loud
+FAINT_SNR_DB = 2.0
+LONG_SECONDS = 5.0
+SHORT_SECONDS = 0.8
 
 
 def _trailer(mention: Mention, rng: np.random.Generator) -> str | None:
-    """Words after a phrase, outside its span: distance and repetition."""
-    if mention.distant and rng.random() < 0.7:
-        return _pick(rng, ["in the distance", "far away", "faintly"])
-    if mention.sound_class.compose is not None:  # already a run of steps or strokes
+    """Words after a phrase, outside its span: distance, level, repetition and length."""
+    if mention.background:
         return None
-    if mention.count == 2 and rng.random() < 0.4:
-        return "twice"
-    if mention.count >= 3 and rng.random() < 0.5:
-        return _pick(rng, ["repeatedly", "several times", "multiple times"])
+    if mention.distant and rng.random() < 0.7:
+        return _pick(rng, ["in the distance", "far away", "faintly", "from afar"])
+    if mention.snr_db is not None and rng.random() < 0.3:
+        if mention.snr_db >= LOUD_SNR_DB:
+            return _pick(rng, ["loudly", "nearby", "close by"])
+        if mention.snr_db <= FAINT_SNR_DB:
+            return _pick(rng, ["quietly", "softly", "faintly"])
+    if mention.sound_class.compose is None:  # a run of steps or strokes is already a repetition
+        if mention.count == 2 and rng.random() < 0.4:
+            return "twice"
+        if mention.count >= 3 and rng.random() < 0.5:
+            return _pick(rng, ["repeatedly", "several times", "multiple times"])
+    extent = sum(off - on for on, off in mention.segments)
+    if extent >= LONG_SECONDS and rng.random() < 0.25:
+        return _pick(rng, ["continuously", "for a while", "steadily"])
+    if extent <= SHORT_SECONDS and mention.count == 1 and rng.random() < 0.25:
+        return _pick(rng, ["briefly", "once", "suddenly"])
     return None
 
 
@@ -162,9 +184,9 @@ def generate_caption(
     lead_background = with_background and rng.random() < 0.3
     if lead_background:
         _add(builder, _pick(rng, ["{c} as", "{c} while", "{n} in the background as", "{c} and"]), background, rng)
-    noun_style = not lead_background and rng.random() < 0.3
+    noun_style = not lead_background and rng.random() < 0.35
     joins = _NOUN_JOINS if noun_style else _CLAUSE_JOINS
-    _add(builder, "{n}" if noun_style else "{c}", order[0], rng)
+    _add(builder, _pick(rng, _NOUN_OPENINGS) if noun_style else "{c}", order[0], rng)
     used: set[str] = set()
     for previous, mention in zip(order, order[1:], strict=False):
         options = joins[_relation(previous, mention)]
@@ -173,7 +195,8 @@ def generate_caption(
         used.add(template)
         _add(builder, template, mention, rng)
     if with_background and not lead_background:
-        tail = ["with {n} in the background", "while {c} in the background", "over {n}", "amid {n}"]
+        tail = ["with {n} in the background", "while {c} in the background", "over {n}", "amid {n}",
+                "against {n}", "with {n} throughout", "as {c} all along"]
         _add(builder, _pick(rng, tail), background, rng)
     return builder.caption(caption_id)
 
@@ -186,12 +209,15 @@ def generate_captions(
     count: int,
     id_prefix: str,
     max_tries: int = 60,
+    mention_background: float = 0.5,
 ) -> list[Caption]:
     """Return ``count`` captions of different text (fewer only if the variants run out)."""
     captions: list[Caption] = []
     seen: set[str] = set()
     for _ in range(max_tries):
-        caption = generate_caption(events, background, rng, caption_id=f"{id_prefix}_{len(captions)}")
+        caption = generate_caption(
+            events, background, rng, caption_id=f"{id_prefix}_{len(captions)}", mention_background=mention_background
+        )
         if caption.text not in seen:
             seen.add(caption.text)
             captions.append(caption)

@@ -91,26 +91,49 @@ def prepared_path(rec: Recording, cache: Path, sample_rate: int, threshold_db: f
     return cache / "prepared" / f"sr{sample_rate}" / rec.package / f"{key.hexdigest()[:16]}.npy"
 
 
+def fingerprint_path(prepared: Path) -> Path:
+    """Where the duplicate-finding fingerprint of a prepared recording is cached."""
+    return prepared.with_suffix(".fp.npy")
+
+
 def prepare_recording(rec: Recording, cache: Path, config: MixConfig) -> tuple[str, float]:
-    """Decode, resample and trim ``rec`` to its audible extent, cached as float16 .npy.
+    """Decode, resample and trim ``rec`` to its audible extent, cached as float16 .npy, with its
+    fingerprint (:func:`acalign.data.corpus.dedup.fingerprint`) beside it.
 
     float16 keeps ~66 dB of precision relative to each sample, far below any mixing level,
     at half the disk of float32. Returns ``(recording_id, duration in seconds)``; 0 for silence.
     """
+    from .dedup import fingerprint
+
     target = prepared_path(rec, cache, config.sample_rate, config.threshold_db)
+    prints = fingerprint_path(target)
     if target.is_file():
-        return rec.recording_id, len(np.load(target, mmap_mode="r")) / config.sample_rate
+        trimmed = np.load(target, mmap_mode="r")
+        if not prints.is_file():
+            _save_npy(prints, fingerprint(np.asarray(trimmed, dtype=np.float32), config.sample_rate))
+        return rec.recording_id, len(trimmed) / config.sample_rate
     audio = load_audio(rec.file, sample_rate=config.sample_rate)
     start, stop = audible_extent(audio, sample_rate=config.sample_rate, threshold_db=config.threshold_db)
     trimmed = audio[start:stop]
     peak = float(np.abs(trimmed).max()) if trimmed.size else 0.0
     if peak > 0:
         trimmed = trimmed / peak  # peak-normalised: float16 then keeps its precision
+    _save_npy(prints, fingerprint(trimmed, config.sample_rate))
+    _save_npy(target, trimmed.astype(np.float16))
+    return rec.recording_id, len(trimmed) / config.sample_rate
+
+
+def _save_npy(target: Path, array: np.ndarray) -> None:
+    """``np.save`` through a temporary file and a rename (never a half-written array)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp.npy")
-    np.save(tmp, trimmed.astype(np.float16))
+    np.save(tmp, array)
     os.replace(tmp, target)
-    return rec.recording_id, len(trimmed) / config.sample_rate
+
+
+def load_fingerprint(rec: Recording, cache: Path, config: MixConfig) -> np.ndarray:
+    """The cached fingerprint of a prepared recording, ``shape=(frames, 16)`` bool."""
+    return np.load(fingerprint_path(prepared_path(rec, cache, config.sample_rate, config.threshold_db)))
 
 
 @lru_cache(maxsize=256)
@@ -134,13 +157,19 @@ class Piece:
 
 @dataclass
 class EventPlan:
-    """One foreground event: its pieces, where it goes (fraction of the free room) and level."""
+    """One foreground event: its pieces, where it goes and how loud.
+
+    ``position`` in [0, 1) places the event within the free room of the clip, or, when
+    ``overlap`` names an earlier event of the plan, within that event's span (so the two sound
+    at once).
+    """
 
     label: str
     pieces: list[Piece]
     position: float
     snr_db: float
     distant: bool = False
+    overlap: int | None = None
 
 
 @dataclass
@@ -192,7 +221,8 @@ def render_clip(
     mix = _background(plan.background, prepared, config, rng, reference)
     # Parts of an event more than masking_db below a real background are not heard: not labelled.
     floor = reference * 10 ** (config.masking_db / 20) if plan.background.recording else 0.0
-    placed = []
+    placed: list[PlacedEvent] = []
+    spans: list[tuple[int, int] | None] = []  # (onset_ms, offset_ms) of each planned event
     for event in plan.events:
         signal = _assemble(event.pieces, prepared, config)
         start, stop = audible_extent(signal, sample_rate=config.sample_rate, threshold_db=config.threshold_db)
@@ -203,14 +233,22 @@ def render_clip(
         start, stop = audible_extent(
             signal, sample_rate=config.sample_rate, threshold_db=config.threshold_db, floor=floor
         )
-        if stop <= start:  # quieter than the floor throughout: label its own extent rather than drop it
-            start, stop = 0, len(signal)
+        if stop <= start:  # masked by the background throughout: not heard, so neither mixed nor labelled
+            spans.append(None)
+            continue
         # Onset and length on the millisecond grid, so the manifest's times are exact samples.
         length_ms = min(stop - start, n) * 1000 // config.sample_rate
         signal = signal[start : start + _ms_to_samples(length_ms, config.sample_rate)]
         if length_ms == 0:
+            spans.append(None)
             continue
-        onset_ms = int(event.position * (round(config.clip_seconds * 1000) - length_ms))
+        clip_ms = round(config.clip_seconds * 1000)
+        anchor = spans[event.overlap] if event.overlap is not None and event.overlap < len(spans) else None
+        if anchor is not None:
+            onset_ms = min(anchor[0] + int(event.position * (anchor[1] - anchor[0])), clip_ms - length_ms)
+        else:
+            onset_ms = int(event.position * (clip_ms - length_ms))
+        spans.append((onset_ms, onset_ms + length_ms))
         onset = _ms_to_samples(onset_ms, config.sample_rate)
         signal = signal[: n - onset]  # a rounding sample at rates that are not whole per ms
         mix[onset : onset + len(signal)] += signal

@@ -15,9 +15,8 @@ from acalign.config import atomic_write_text
 from acalign.data.manifest import Manifest
 
 from .sources import CATALOGUE_FIELDS, Recording
+from .splits import SPLITS
 from .taxonomy import SoundClass
-
-SPLITS = ("train", "val", "test")
 
 
 def _uses(metas: dict[str, list[dict[str, Any]]]) -> Counter:
@@ -57,6 +56,16 @@ def corpus_stats(
         if (rec.label, rec.family) not in families_seen:
             families_seen.add((rec.label, rec.family))
             entry["families"][split] += 1
+    sources: dict[str, dict[str, Any]] = {
+        s: {"classes": set(), "recordings": 0, "families": set(), "packages": set(), "seconds": 0.0} for s in SPLITS
+    }
+    for rec in recordings:
+        entry = sources[split_of[rec.family]]
+        entry["classes"].add(rec.label)
+        entry["recordings"] += 1
+        entry["families"].add(rec.family)
+        entry["packages"].add(rec.package)
+        entry["seconds"] += rec.duration
     for split, manifest in manifests.items():
         n_events = [len(m["events"]) for m in metas[split]]
         durations = [e["offset"] - e["onset"] for m in metas[split] for e in m["events"]]
@@ -88,6 +97,13 @@ def corpus_stats(
             "mean_caption_tokens": _mean(tokens),
             "vocabulary": len({t for _, c in manifest.captions() for t in c.tokens}),
             "hours": round(len(manifest) * clip_seconds / 3600, 3),
+            "classes_heard": len({e["label"] for m in metas[split] for e in m["events"]}
+                                 | {m["background"]["label"] for m in metas[split] if m["background"]["label"]}),
+            "source_classes": len(sources[split]["classes"]),
+            "source_recordings": sources[split]["recordings"],
+            "source_families": len(sources[split]["families"]),
+            "source_packages": sorted(sources[split]["packages"]),
+            "source_hours": round(sources[split]["seconds"] / 3600, 3),
         }
     for entry in per_class.values():
         total = sum(entry["events"].values())
@@ -97,7 +113,10 @@ def corpus_stats(
         "classes": dict(sorted(per_class.items())),
         "n_classes": len(per_class),
         "n_recordings": len(recordings),
+        "n_families": len({r.family for r in recordings}),
+        "n_packages": len({r.package for r in recordings}),
         "source_seconds": round(sum(r.duration for r in recordings), 1),
+        "source_hours": round(sum(r.duration for r in recordings) / 3600, 3),
         "classes_left_out": list(dropped),
     }
 
@@ -118,21 +137,25 @@ def _mean(values: Sequence[float]) -> float:
 def format_summary(stats: dict[str, Any]) -> str:
     """A plain-text table of the classes and splits of ``stats`` (as :func:`corpus_stats`)."""
     lines = [
-        f"{'class':<14} {'role':<10} {'recs':>5} {'families tr/va/te':>18} {'uses tr/va/te':>18} {'mean s':>7}"
+        f"{'class':<20} {'role':<10} {'recs':>5} {'fam tr/va/te/un':>18} {'uses tr/va/te/un':>22} {'mean s':>7}"
     ]
     for name, entry in stats["classes"].items():
         fam = "/".join(str(entry["families"][s]) for s in SPLITS)
         events = "/".join(str(entry["events"][s] + entry["backgrounds"][s]) for s in SPLITS)
         recs = sum(entry["recordings"].values())
         lines.append(
-            f"{name:<14} {entry['role']:<10} {recs:>5} {fam:>18} {events:>18} {entry['mean_event_seconds']:>7.2f}"
+            f"{name:<20} {entry['role']:<10} {recs:>5} {fam:>18} {events:>22} {entry['mean_event_seconds']:>7.2f}"
         )
     lines.append("")
-    lines.append(f"{'split':<6} {'clips':>6} {'captions':>9} {'phrases':>8} {'events':>7} {'mean ev s':>9} {'coverage':>8} {'tokens':>7} {'hours':>6}")
+    lines.append(
+        f"{'split':<11} {'clips':>6} {'captions':>9} {'phrases':>8} {'events':>7} {'classes':>7} "
+        f"{'recordings':>10} {'families':>8} {'src h':>6} {'coverage':>8} {'tokens':>7} {'hours':>6}"
+    )
     for split, s in stats["splits"].items():
         lines.append(
-            f"{split:<6} {s['clips']:>6} {s['captions']:>9} {s['phrases']:>8} {s['events']:>7} "
-            f"{s['mean_event_seconds']:>9.2f} {s['mean_event_coverage']:>8.2f} {s['mean_caption_tokens']:>7.1f} {s['hours']:>6.2f}"
+            f"{split:<11} {s['clips']:>6} {s['captions']:>9} {s['phrases']:>8} {s['events']:>7} "
+            f"{s['source_classes']:>7} {s['source_recordings']:>10} {s['source_families']:>8} "
+            f"{s['source_hours']:>6.2f} {s['mean_event_coverage']:>8.2f} {s['mean_caption_tokens']:>7.1f} {s['hours']:>6.2f}"
         )
     lines.append(
         f"{stats['n_classes']} classes, {stats['n_recordings']} recordings "

@@ -7,6 +7,7 @@ phrase variants generated from the label text (:func:`class_for_label`).
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 from dataclasses import dataclass, field
@@ -19,23 +20,53 @@ from acalign.errors import AcalignError
 
 TAXONOMY_FILE = Path(__file__).with_name("taxonomy.yaml")
 ROLES = ("event", "background", "both")
+#: Packages never used as a source: tuxpaint's recordings are kept for an independent test of
+#: generalisation.
+RESERVED_PACKAGE = re.compile(r"tuxpaint")
 # A trailing run of numbered suffixes: "fs_grass8", "sword_attack_01", "swordhit_10a", ".3", "-2".
 _NUMBERED_SUFFIX = re.compile(r"([_\-. ]?\d+[a-z]?)+$")
 
 
 @dataclass(frozen=True)
 class PackageInfo:
-    """A Debian package that ships recordings, and how to find its audio."""
+    """A Debian package that ships recordings, and how to find its audio.
+
+    Attributes
+    ----------
+    name : str
+        The Debian package name.
+    licence : str
+        The package-level licence (its copyright file holds per-file details).
+    archives : tuple of str
+        Glob patterns of zip-like archives inside the package (zip, pk3, wz) whose audio
+        members are extracted; a member's path reads ``ARCHIVE/MEMBER``.
+    archive_prefix : str
+        Only archive members under this prefix are kept (``audio/`` for 0 A.D.).
+    soundfonts : tuple of str
+        Glob patterns of SoundFont files (sf2/sf3) inside the package; their presets are
+        rendered into instrument recordings (:mod:`acalign.data.corpus.instruments`).
+    skip : tuple of str
+        Regular expressions of paths never extracted (music, UI sounds).
+    """
 
     name: str
     licence: str
-    zip: str | None = None
-    zip_prefix: str = ""
+    archives: tuple[str, ...] = ()
+    archive_prefix: str = ""
+    soundfonts: tuple[str, ...] = ()
     skip: tuple[str, ...] = ()
 
     def skipped(self, path: str) -> bool:
         """Whether ``path`` (inside the package) is never extracted (music, UI sounds)."""
         return any(re.search(pattern, "/" + path) for pattern in self.skip)
+
+    def is_archive(self, path: str) -> bool:
+        """Whether ``path`` (inside the package) is one of its audio archives."""
+        return any(fnmatch.fnmatchcase(path, pattern) for pattern in self.archives)
+
+    def is_soundfont(self, path: str) -> bool:
+        """Whether ``path`` (inside the package) is one of its SoundFonts."""
+        return any(fnmatch.fnmatchcase(path, pattern) for pattern in self.soundfonts)
 
 
 @dataclass(frozen=True)
@@ -80,7 +111,12 @@ class SpeechSpec:
 
 @dataclass(frozen=True)
 class SoundClass:
-    """One sound class: its role, phrase variants and where its recordings come from."""
+    """One sound class: its role, phrase variants and where its recordings come from.
+
+    ``audioset`` names the AudioSet ontology class it corresponds to (``None`` where no name
+    fits). ``gm_programs`` (General MIDI melodic programs, 0-127) and ``gm_drums`` (GM drum
+    notes, 35-81) take the instrument recordings rendered from every SoundFont package.
+    """
 
     name: str
     role: str
@@ -90,6 +126,9 @@ class SoundClass:
     sources: tuple[SourceRule, ...] = ()
     compose: Compose | None = None
     speech: SpeechSpec | None = None
+    audioset: str | None = None
+    gm_programs: tuple[int, ...] = ()
+    gm_drums: tuple[int, ...] = ()
 
     @property
     def is_event(self) -> bool:
@@ -104,11 +143,13 @@ class SoundClass:
 
 @dataclass(frozen=True)
 class Taxonomy:
-    """Packages, classes (in match order) and the sentences espeak-ng speaks."""
+    """Packages, classes (in match order), the sentences espeak-ng speaks, and the packages
+    held out of training for the ``test_unseen`` split."""
 
     packages: dict[str, PackageInfo]
     classes: dict[str, SoundClass]
     speech_sentences: tuple[str, ...] = field(default_factory=tuple)
+    unseen_packages: tuple[str, ...] = ()
 
     def classify(self, package: str, path: str) -> tuple[str, str] | None:
         """Return ``(class name, family)`` of a recording, or ``None`` when no rule takes it."""
@@ -117,6 +158,24 @@ class Taxonomy:
                 if rule.matches(package, path):
                     return sound_class.name, f"{package}:{rule.family_of(path)}"
         return None
+
+    def classify_instrument(self, package: str, *, program: int | None = None, drum: int | None = None) -> str | None:
+        """The class of a rendered GM ``program`` (melodic) or ``drum`` note, or ``None``."""
+        for sound_class in self.classes.values():
+            if program is not None and program in sound_class.gm_programs:
+                return sound_class.name
+            if drum is not None and drum in sound_class.gm_drums:
+                return sound_class.name
+        return None
+
+
+def check_package_allowed(name: str) -> None:
+    """Raise :class:`AcalignError` for a package reserved for the independent test (tuxpaint)."""
+    if RESERVED_PACKAGE.search(name):
+        raise AcalignError(
+            f"package {name!r} is reserved for an independent test of generalisation and is never "
+            "a corpus source"
+        )
 
 
 def recording_family(path: str, *, mode: str = "stem") -> str:
@@ -161,21 +220,36 @@ def _curated_taxonomy() -> Taxonomy:
 
 def _parse_taxonomy(data: dict[str, Any], source: str) -> Taxonomy:
     packages = {
-        name: PackageInfo(
-            name=name,
-            licence=str(spec.get("licence", "unknown")),
-            zip=spec.get("zip"),
-            zip_prefix=str(spec.get("zip_prefix", "")),
-            skip=tuple(spec.get("skip", ())),
-        )
-        for name, spec in (data.get("packages") or {}).items()
+        name: _parse_package(name, spec or {}, source) for name, spec in (data.get("packages") or {}).items()
     }
     classes = {
         name: _parse_class(name, spec or {}, source) for name, spec in (data.get("classes") or {}).items()
     }
     if not classes:
         raise AcalignError(f"{source}: the taxonomy defines no classes")
-    return Taxonomy(packages, classes, tuple(str(s) for s in data.get("speech_sentences", ())))
+    unseen = tuple(str(p) for p in data.get("unseen_packages", ()))
+    unknown = [p for p in unseen if p not in packages]
+    if unknown:
+        raise AcalignError(f"{source}: unseen_packages names unknown packages: {', '.join(unknown)}")
+    return Taxonomy(packages, classes, tuple(str(s) for s in data.get("speech_sentences", ())), unseen)
+
+
+def _parse_package(name: str, spec: dict[str, Any], source: str) -> PackageInfo:
+    check_package_allowed(name)
+    archives = spec.get("archives", [spec["zip"]] if spec.get("zip") else [])
+    for pattern in spec.get("skip", ()):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise AcalignError(f"{source}: package {name!r}: bad skip pattern {pattern!r} ({exc})") from None
+    return PackageInfo(
+        name=name,
+        licence=str(spec.get("licence", "unknown")),
+        archives=tuple(str(a) for a in archives),
+        archive_prefix=str(spec.get("archive_prefix", spec.get("zip_prefix", ""))),
+        soundfonts=tuple(str(s) for s in spec.get("soundfonts", ())),
+        skip=tuple(spec.get("skip", ())),
+    )
 
 
 def _parse_class(name: str, spec: dict[str, Any], source: str) -> SoundClass:
@@ -207,6 +281,10 @@ def _parse_class(name: str, spec: dict[str, Any], source: str) -> SoundClass:
         sources.append(SourceRule(rule["package"], rule["match"], family))
     compose = spec.get("compose")
     speech = spec.get("speech")
+    programs = tuple(int(p) for p in spec.get("gm_programs", ()))
+    drums = tuple(int(d) for d in spec.get("gm_drums", ()))
+    if any(not 0 <= p <= 127 for p in programs) or any(not 27 <= d <= 87 for d in drums):
+        raise AcalignError(f"{where}: gm_programs must be within 0..127 and gm_drums within 27..87")
     return SoundClass(
         name=name,
         role=role,
@@ -214,6 +292,9 @@ def _parse_class(name: str, spec: dict[str, Any], source: str) -> SoundClass:
         nouns=nouns,
         aliases=tuple(str(a).lower() for a in spec.get("aliases", ())),
         sources=tuple(sources),
+        audioset=str(spec["audioset"]) if spec.get("audioset") else None,
+        gm_programs=programs,
+        gm_drums=drums,
         compose=Compose(
             max_source=float(compose.get("max_source", 0.8)),
             repeat=tuple(compose.get("repeat", (3, 8))),
